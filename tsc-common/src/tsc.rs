@@ -1,0 +1,1 @@
+//! Exact guest <-> host TSC conversion (see issue 3).

@@ -1,0 +1,64 @@
+//! Command-line interface: one module per sub-command.
+
+mod offsets;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Put KVM host and guest kernel traces on one timeline, live.
+///
+/// A KVM guest's TSC is the host's shifted (and maybe scaled) by a per-vCPU
+/// offset that changes at runtime. tsc-tracer follows every change from the
+/// kernel and converts each guest timestamp with the offset in force when
+/// the event happened.
+#[derive(Parser)]
+#[command(name = "tsc-tracer", version, about, long_about)]
+struct Cli {
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the TSC offset of every vCPU of every VM on this host.
+    Offsets(offsets::Args),
+}
+
+/// Parses the command line, sets up logging and runs the sub-command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Offsets(args) => offsets::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tsc-tracer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,10 @@
+//! tsc-tracer's library: everything the `tsc-tracer` binary does, as typed APIs.
+//!
+//! Kernel side: [`ebpf`] loads the programs and [`offsets`] keeps the
+//! per-VM, per-vCPU offset table they feed. [`kvm`] and [`process`] read
+//! what the kernel exposes about VMs (debugfs, procfs).
+
+pub mod ebpf;
+pub mod kvm;
+pub mod offsets;
+pub mod process;

@@ -1,0 +1,88 @@
+//! `cargo xtask`: the project's setup, build, run and test commands.
+//!
+//! Every command installs what it needs first (see `setup`), says what it is
+//! doing on stderr, and fails with a message naming the missing piece.
+
+mod setup;
+mod shell;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Setup, build, run and test tsc-tracer.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing (nightly rust-src, bpf-linker, trace-cmd) and
+    /// mount tracefs, debugfs and bpffs. Idempotent.
+    Setup,
+    /// Setup, then build `target/release/tsc-tracer` with the eBPF object embedded.
+    Build,
+    /// Setup, build, then run `tsc-tracer ARGS` (the live host session when no ARGS).
+    Run {
+        /// Arguments for tsc-tracer, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then fmt, clippy (userspace and eBPF), unit, privileged
+    /// integration and fuzz tests. Privileged tests must run, never skip.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Setup => setup::all().map(|()| ExitCode::SUCCESS),
+        Command::Build => {
+            setup::all()?;
+            build_release()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { args } => {
+            setup::all()?;
+            build_release()?;
+            run_tracer(args)
+        }
+        Command::Test(args) => test::run(args).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// The main job when `cargo xtask run` gets no arguments.
+const DEFAULT_RUN_ARGS: &[&str] = &["offsets", "--follow"];
+
+fn build_release() -> Result<()> {
+    shell::step("building target/release/tsc-tracer (with the eBPF object)");
+    shell::cargo(&["build", "--release", "--package", "tsc-userspace"])
+}
+
+fn run_tracer(args: Vec<String>) -> Result<ExitCode> {
+    let args = if args.is_empty() {
+        DEFAULT_RUN_ARGS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args
+    };
+    let binary = shell::workspace_root().join("target/release/tsc-tracer");
+    shell::step(&format!("running {} {}", binary.display(), args.join(" ")));
+    let status = std::process::Command::new(&binary).args(&args).status()?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}

@@ -1,0 +1,176 @@
+//! Installs what the build and the tests need, idempotently.
+//!
+//! The recipe is the one measured in FACTS.md: the eBPF object is built by the
+//! installed `nightly` with `-Z build-std=core`, and bpf-linker must use the
+//! same LLVM as that nightly, so it is built against the nightly's own
+//! libLLVM rather than taken with its default LLVM from crates.io.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::shell::{self, step};
+
+/// The bpf-linker release known to build here (newer ones want rustc 1.98).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything `run` and `build` need.
+pub fn all() -> Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    mounts()
+}
+
+/// What the tests need on top of `all`.
+pub fn for_tests() -> Result<()> {
+    all()?;
+    debian_package("trace-cmd", "trace-cmd")
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = shell::output(shell::command("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to build the eBPF programs")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        bail!(
+            "no nightly toolchain: the eBPF programs need one (rustup toolchain install nightly)"
+        );
+    }
+    let installed = shell::output(shell::command("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    step("installing rust-src for the nightly toolchain (for -Z build-std=core)");
+    shell::run(shell::command("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("could not install rust-src for nightly")
+}
+
+fn bpf_linker() -> Result<()> {
+    let linker = shell::cargo_home().join("bin/bpf-linker");
+    if linker.exists() && shell::output(shell::command("bpf-linker").arg("--version")).is_some() {
+        return Ok(());
+    }
+    let llvm = nightly_libllvm()?;
+    let major = llvm_major(&llvm)?;
+    let prefix = llvm_prefix(&llvm)?;
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({}); about a minute",
+        llvm.display()
+    ));
+    shell::run(
+        shell::command("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("could not build bpf-linker against the nightly's LLVM")
+}
+
+/// The nightly toolchain's `lib/libLLVM.so.MAJOR.MINOR-rust-...`.
+fn nightly_libllvm() -> Result<PathBuf> {
+    let sysroot = shell::output(shell::nightly_rustc().args(["--print", "sysroot"]))
+        .context("could not ask the nightly rustc for its sysroot")?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let found = fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        });
+    found.with_context(|| {
+        format!(
+            "no libLLVM.so.* in {}: is the nightly complete?",
+            lib.display()
+        )
+    })
+}
+
+/// 22 from `libLLVM.so.22.1-rust-1.97.0-nightly`.
+fn llvm_major(lib: &Path) -> Result<u32> {
+    let name = lib.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.trim_start_matches("libLLVM.so.")
+        .split(['.', '-'])
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("cannot read the LLVM version from {name}"))
+}
+
+/// A prefix whose `lib/` holds the two names bpf-linker's build looks for.
+/// It must outlive the build: the binary finds libLLVM through an rpath here.
+fn llvm_prefix(llvm: &Path) -> Result<PathBuf> {
+    let name = llvm.file_name().context("libLLVM has no file name")?;
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    let prefix = home.join(".local/share/tsc-tracer/llvm");
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    for link in [lib.join("libLLVM.so"), lib.join(name)] {
+        let _ = fs::remove_file(&link);
+        symlink(llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(prefix)
+}
+
+/// Pseudo-filesystems the session needs, mounted where the kernel documents them.
+const MOUNTS: &[(&str, &str)] = &[
+    ("tracefs", "/sys/kernel/tracing"),
+    ("debugfs", "/sys/kernel/debug"),
+    ("bpf", "/sys/fs/bpf"),
+];
+
+fn mounts() -> Result<()> {
+    let table = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    for (fstype, target) in MOUNTS {
+        let mounted = table.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, ty) = (f.next(), f.next(), f.next());
+            at == Some(target) && ty == Some(fstype)
+        });
+        if mounted {
+            continue;
+        }
+        step(&format!("mounting {fstype} on {target}"));
+        shell::run(shell::command("mount").args(["-t", fstype, fstype, target]))
+            .with_context(|| format!("could not mount {fstype} on {target} (are you root?)"))?;
+    }
+    Ok(())
+}
+
+fn debian_package(binary: &str, package: &str) -> Result<()> {
+    if which::which(binary).is_ok() {
+        return Ok(());
+    }
+    step(&format!("installing {package} from Debian (apt-get)"));
+    let apt = |args: &[&str]| {
+        shell::run(
+            shell::command("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    apt(&["update", "-qq"]).context("apt-get update failed")?;
+    apt(&["install", "-y", "-qq", package]).with_context(|| format!("could not install {package}"))
+}

@@ -1,0 +1,62 @@
+//! `cargo xtask test`: every check CI runs, in the order that fails fastest.
+
+use anyhow::{Context, Result};
+
+use crate::{
+    setup,
+    shell::{self, step},
+};
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds each fuzz target runs for (0 skips fuzzing).
+    #[arg(long, default_value_t = 30)]
+    pub fuzz_seconds: u64,
+    /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+/// The environment variable that turns a skipped privileged test into a failure.
+const REQUIRE_PRIVILEGED: &str = "TSC_TRACER_REQUIRE_PRIVILEGED";
+
+/// Runs fmt, clippy, all tests (privileged ones required) and the fuzzers.
+pub fn run(args: Args) -> Result<()> {
+    setup::for_tests()?;
+    step("cargo fmt --check");
+    shell::cargo(&["fmt", "--all", "--check"])
+        .context("formatting differs: run `cargo fmt --all`")?;
+    step("clippy -D warnings (userspace, xtask)");
+    shell::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    step("clippy -D warnings (eBPF, nightly, bpfel-unknown-none)");
+    shell::run(shell::nightly_cargo().args([
+        "clippy",
+        "--package",
+        "tsc-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("cargo test (privileged tests required)");
+    let mut test = shell::command("cargo");
+    test.args(["test", "--workspace"])
+        .env(REQUIRE_PRIVILEGED, "1");
+    if !args.cargo_test_args.is_empty() {
+        test.arg("--").args(&args.cargo_test_args);
+    }
+    shell::run(&mut test)?;
+    Ok(())
+}
