@@ -31,14 +31,22 @@ fn main() {
     let me = std::process::id();
     // The monitor runs on its own thread, as in a session.
     thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let options = MonitorOptions {
-                load: LoadOptions { pin_path: None, ..LoadOptions::default() },
+                load: LoadOptions {
+                    pin_path: None,
+                    ..LoadOptions::default()
+                },
                 ..MonitorOptions::default()
             };
             let mut monitor = Monitor::start(options).expect("monitor");
-            ready_tx.send(monitor.programs().write_program_info().ok()).unwrap();
+            ready_tx
+                .send(monitor.programs().write_program_info().ok())
+                .unwrap();
             loop {
                 let events = monitor.next().await.expect("monitor");
                 let now = Instant::now();
@@ -62,7 +70,9 @@ fn main() {
         vm.vcpu(0).unwrap().set_tsc_offset(-i).expect("offset");
         let returned = Instant::now();
         loop {
-            let (offset, arrived) = rx.recv_timeout(Duration::from_secs(5)).expect("change never arrived");
+            let (offset, arrived) = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("change never arrived");
             if offset == -i {
                 latencies.push(arrived.saturating_duration_since(returned));
                 break;
@@ -80,7 +90,9 @@ fn main() {
     println!(
         "kvm_write_tsc_offset program: {runs} runs, {} ns per run (BPF_ENABLE_STATS), {} verified instructions",
         ns / runs.max(1),
-        after.verified_instruction_count().map_or("?".into(), |n| n.to_string()),
+        after
+            .verified_instruction_count()
+            .map_or("?".into(), |n| n.to_string()),
     );
 }
 

@@ -196,9 +196,10 @@ impl Programs {
 
     /// Kernel facts about the offset-write program (run count and time when
     /// `aya::sys::enable_stats` is on, verified instruction count).
-    pub fn write_program_info(&self) -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
+    pub fn write_program_info(
+        &self,
+    ) -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
         let prog: &TracePoint = self
-            
             .ebpf
             .program("kvm_write_tsc_offset")
             .ok_or(aya::programs::ProgramError::NotLoaded)?
