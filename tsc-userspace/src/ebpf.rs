@@ -250,6 +250,12 @@ impl Programs {
         })
     }
 
+    /// What the `kvm_entry`/`kvm_exit` programs hold for a vCPU (None: the
+    /// vCPU was neither changed, nor seen exiting or entering).
+    pub fn vcpu_state(&self, key: VcpuKey) -> Option<VcpuState> {
+        self.vcpu_state.get(&key, 0).ok()
+    }
+
     /// Whether `kvm_entry`/`kvm_exit` are attached, and with what layout.
     pub fn vcpu_status(&self) -> &VcpuStatus {
         &self.vcpu_status

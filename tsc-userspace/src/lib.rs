@@ -5,6 +5,7 @@
 //! what the kernel exposes about VMs (debugfs, procfs).
 
 pub mod btf;
+pub mod doctor;
 pub mod ebpf;
 pub mod kvm;
 pub mod offsets;

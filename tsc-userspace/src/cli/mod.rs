@@ -1,5 +1,6 @@
 //! Command-line interface: one module per sub-command.
 
+mod doctor;
 mod offsets;
 mod vmm;
 
@@ -31,6 +32,9 @@ struct Cli {
 enum Command {
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
+    /// Check what this host allows (privileges, mounts, KVM, TSC) and how
+    /// its KVM behaves, with a fix for each problem.
+    Doctor(doctor::Args),
     /// A scriptable toy VMM for tests and demos (commands on stdin).
     #[command(hide = true)]
     Vmm(vmm::Args),
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Offsets(args) => offsets::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Vmm(args) => vmm::run(args),
     };
     match result {
