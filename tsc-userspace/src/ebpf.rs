@@ -23,7 +23,7 @@ use tsc_common::{
     record::{KvmVcpuLayout, VcpuKey, VcpuOffset, WriteTscOffsetLayout, counter},
     vcpu_state::VcpuState,
 };
-pub use vcpu::{VcpuPrograms, VcpuStatus};
+pub use vcpu::{VcpuPrograms, VcpuStatus, VcpuTracepoints};
 
 /// The eBPF object built from `tsc-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tsc-ebpf"));
@@ -120,6 +120,8 @@ pub struct LoadOptions {
     pub max_vcpus: u32,
     /// Whether to load the `kvm_entry`/`kvm_exit` programs.
     pub vcpu_programs: VcpuPrograms,
+    /// Where they attach.
+    pub vcpu_tracepoints: VcpuTracepoints,
 }
 
 impl Default for LoadOptions {
@@ -130,6 +132,7 @@ impl Default for LoadOptions {
             ringbuf_bytes: 256 * 1024,
             max_vcpus: 16384,
             vcpu_programs: VcpuPrograms::Auto,
+            vcpu_tracepoints: VcpuTracepoints::default(),
         }
     }
 }
@@ -172,7 +175,7 @@ impl Programs {
         let mut vcpu_status = VcpuStatus::Off;
         let vcpu_layout = match options.vcpu_programs {
             VcpuPrograms::Off => KvmVcpuLayout::default(),
-            wanted => match vcpu::resolve() {
+            wanted => match vcpu::resolve(&options.vcpu_tracepoints) {
                 Ok((kvm, global)) => {
                     vcpu_status = VcpuStatus::Attached(kvm);
                     global
@@ -206,7 +209,7 @@ impl Programs {
             "kvm_write_tsc_offset",
         )?;
         if matches!(vcpu_status, VcpuStatus::Attached(_))
-            && let Err(err) = vcpu::attach(&mut ebpf)
+            && let Err(err) = vcpu::attach(&mut ebpf, &options.vcpu_tracepoints)
         {
             if options.vcpu_programs == VcpuPrograms::Required {
                 return Err(err);

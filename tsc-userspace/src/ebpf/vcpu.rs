@@ -9,10 +9,28 @@ use aya::{Ebpf, programs::BtfTracePoint};
 use tsc_common::record::KvmVcpuLayout;
 
 use super::LoadError;
-use crate::btf::KvmLayout;
+use crate::btf::{Btf, Kind, KvmLayout, kvm::vcpu_arg};
 
-/// Names of the two programs in the object, equal to their tracepoints.
-pub const PROGRAMS: [&str; 2] = ["kvm_exit", "kvm_entry"];
+/// The tracepoints the two programs attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuTracepoints {
+    /// For the `kvm_exit` program.
+    pub exit: String,
+    /// For the `kvm_entry` program.
+    pub entry: String,
+}
+
+impl Default for VcpuTracepoints {
+    /// `kvm_exit` and `kvm_entry`. Another tracepoint whose arguments
+    /// include the `struct kvm_vcpu *` can stand in for either, e.g. to see
+    /// the programs run on a host where these two never fire (PVM).
+    fn default() -> Self {
+        Self {
+            exit: "kvm_exit".into(),
+            entry: "kvm_entry".into(),
+        }
+    }
+}
 
 /// Whether to load the `kvm_entry`/`kvm_exit` programs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,16 +76,26 @@ pub fn program_layout(layout: &KvmLayout) -> Result<KvmVcpuLayout, LoadError> {
     })
 }
 
-/// Resolves the layout from the running kernel's BTF, or says why not.
-pub fn resolve() -> Result<(KvmLayout, KvmVcpuLayout), LoadError> {
-    let layout = KvmLayout::running_kernel().map_err(LoadError::Btf)?;
+/// Resolves the layout from the running kernel's BTF, or says why not. The
+/// vCPU argument indices are those of the tracepoints in `at`.
+pub fn resolve(at: &VcpuTracepoints) -> Result<(KvmLayout, KvmVcpuLayout), LoadError> {
+    let btf = Btf::running_kernel().map_err(LoadError::Btf)?;
+    let mut layout = KvmLayout::resolve(&btf).map_err(LoadError::Btf)?;
+    let vcpu = btf.find(Kind::Struct, "kvm_vcpu").map_err(LoadError::Btf)?;
+    if at.entry != "kvm_entry" {
+        layout.kvm_entry = vcpu_arg(&btf, &at.entry, vcpu).map_err(LoadError::Btf)?;
+    }
+    if at.exit != "kvm_exit" {
+        layout.kvm_exit = vcpu_arg(&btf, &at.exit, vcpu).map_err(LoadError::Btf)?;
+    }
     Ok((layout, program_layout(&layout)?))
 }
 
-/// Loads (verifier) and attaches both programs.
-pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+/// Loads (verifier) and attaches both programs, exit first: on a shared
+/// tracepoint the exit is then recorded before the entry reads it.
+pub fn attach(ebpf: &mut Ebpf, at: &VcpuTracepoints) -> Result<(), LoadError> {
     let btf = aya::Btf::from_sys_fs().map_err(LoadError::KernelBtf)?;
-    for name in PROGRAMS {
+    for (name, tracepoint) in [("kvm_exit", &at.exit), ("kvm_entry", &at.entry)] {
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(name)
             .ok_or(LoadError::Program {
@@ -79,7 +107,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), LoadError> {
                 what: "BTF tracepoint program type",
                 source,
             })?;
-        prog.load(name, &btf)
+        prog.load(tracepoint, &btf)
             .map_err(|source| LoadError::VcpuProgram {
                 what: "loading (verifier)",
                 name,
