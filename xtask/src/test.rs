@@ -31,6 +31,8 @@ pub fn run(args: Args) -> Result<()> {
     shell::cargo(&[
         "clippy",
         "--workspace",
+        "--exclude",
+        "tsc-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -52,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     ]))?;
     step("cargo test (privileged tests required)");
     let mut test = shell::command("cargo");
-    test.args(["test", "--workspace"])
+    test.args(["test", "--workspace", "--exclude", "tsc-ebpf"])
         .env(REQUIRE_PRIVILEGED, "1");
     if !args.cargo_test_args.is_empty() {
         test.arg("--").args(&args.cargo_test_args);
