@@ -10,3 +10,4 @@ pub mod kvm;
 pub mod offsets;
 pub mod process;
 pub mod tracefs;
+pub mod vmm;
