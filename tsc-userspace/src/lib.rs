@@ -9,3 +9,4 @@ pub mod kvm;
 pub mod offsets;
 pub mod process;
 pub mod timeline;
+pub mod vmm;
