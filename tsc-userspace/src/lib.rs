@@ -4,6 +4,7 @@
 //! per-VM, per-vCPU offset table they feed. [`kvm`] and [`process`] read
 //! what the kernel exposes about VMs (debugfs, procfs).
 
+pub mod clock;
 pub mod ebpf;
 pub mod kvm;
 pub mod offsets;
