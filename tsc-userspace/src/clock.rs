@@ -296,6 +296,12 @@ mod tests {
     }
 }
 
+/// The tightest of `tries` bracketed (`rdtsc`, `CLOCK_MONOTONIC`, `rdtsc`)
+/// samples, taken now.
+pub fn sample_monotonic(tries: usize) -> Result<Sample, ClockError> {
+    sample::take(Against::Monotonic, tries)
+}
+
 fn calibration(why: &str) -> ClockError {
     ClockError::Calibration(why.to_owned())
 }
