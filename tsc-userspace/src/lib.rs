@@ -8,3 +8,4 @@ pub mod ebpf;
 pub mod kvm;
 pub mod offsets;
 pub mod process;
+pub mod wire;
