@@ -5,6 +5,7 @@
 //! what the kernel exposes about VMs (debugfs, procfs).
 
 pub mod ebpf;
+pub mod ingest;
 pub mod kvm;
 pub mod offsets;
 pub mod process;

@@ -7,12 +7,14 @@
 //! vectored write instead of copying them.
 
 mod codec;
+mod endpoint;
 mod error;
 mod frame;
 mod read;
 mod sample;
 
 pub use codec::FrameCodec;
+pub use endpoint::{Endpoint, EndpointError};
 pub use error::WireError;
 pub use frame::{CpuApic, EventFormat, Frame, FrameType, Hello, HelloAck, Lost, Page};
 pub use sample::{TscSample, rdtsc};
