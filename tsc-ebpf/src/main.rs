@@ -61,7 +61,7 @@ fn try_write_tsc_offset(ctx: &TracePointContext) -> Result<(), i32> {
     };
     // SAFETY: the value is copied out at once; a concurrent update can at worst
     // give a stale seq, and KVM serialises offset writes of one vCPU.
-    let seq = unsafe { OFFSETS.get(&key) }.map_or(1, |old| old.seq + 1);
+    let seq = unsafe { OFFSETS.get(key) }.map_or(1, |old| old.seq + 1);
     let ktime_ns = unsafe { bpf_ktime_get_ns() };
     let value = VcpuOffset {
         offset: next,
@@ -69,7 +69,7 @@ fn try_write_tsc_offset(ctx: &TracePointContext) -> Result<(), i32> {
         seq,
         ktime_ns,
     };
-    if OFFSETS.insert(&key, &value, 0).is_err() {
+    if OFFSETS.insert(key, value, 0).is_err() {
         bump(counter::MAP_FULL);
         warn!(
             ctx,

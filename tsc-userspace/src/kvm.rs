@@ -202,7 +202,10 @@ fn io_err(path: &Path, source: io::Error) -> KvmError {
 mod tests {
     use super::*;
 
-    fn fake_vm(root: &Path, name: &str, vcpus: &[(u32, &str, Option<(&str, &str)>)]) {
+    /// (vcpu id, tsc-offset text, optional (ratio, frac bits) texts)
+    type FakeVcpu<'a> = (u32, &'a str, Option<(&'a str, &'a str)>);
+
+    fn fake_vm(root: &Path, name: &str, vcpus: &[FakeVcpu]) {
         for (id, offset, scaling) in vcpus {
             let dir = root.join(name).join(format!("vcpu{id}"));
             fs::create_dir_all(&dir).unwrap();

@@ -9,4 +9,5 @@ pub mod ingest;
 pub mod kvm;
 pub mod offsets;
 pub mod process;
+pub mod vmm;
 pub mod wire;

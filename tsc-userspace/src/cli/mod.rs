@@ -1,6 +1,7 @@
 //! Command-line interface: one module per sub-command.
 
 mod offsets;
+mod vmm;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,9 @@ struct Cli {
 enum Command {
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
+    /// A scriptable toy VMM for tests and demos (commands on stdin).
+    #[command(hide = true)]
+    Vmm(vmm::Args),
 }
 
 /// Parses the command line, sets up logging and runs the sub-command.
@@ -38,6 +42,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Offsets(args) => offsets::run(args),
+        Command::Vmm(args) => vmm::run(args),
     };
     match result {
         Ok(code) => code,
@@ -59,6 +64,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -1,11 +1,179 @@
-//! `tsc-tracer offsets`.
-use std::process::ExitCode;
+//! `tsc-tracer offsets`: the offset table, once or live.
 
-/// Options of `tsc-tracer offsets`.
+use std::{
+    io::{self, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+use tsc_userspace::{
+    ebpf::{DEFAULT_PIN_PATH, LoadOptions},
+    offsets::{
+        EventKind, OffsetEvent,
+        monitor::{Monitor, MonitorOptions},
+    },
+};
+
+/// Show the TSC offset of every vCPU of every VM on this host.
+///
+/// Without --follow: prints the table and exits. With --follow: prints the
+/// table, then every change as it happens (vCPUs created or hot-plugged,
+/// offsets written by the guest or the VMM, VMs exiting) until SIGINT or
+/// SIGTERM. OFFSET is what KVM was asked to set; EFFECTIVE is what the vCPU
+/// holds (read back from debugfs) and is what guest timestamps are
+/// converted with.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Keep running and print each change as it happens.
+    #[arg(short, long)]
+    follow: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Where to pin the kernel offsets map while following, so other
+    /// processes can read it.
+    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "PATH")]
+    pin_path: PathBuf,
+    /// Changes kept per vCPU.
+    #[arg(long, default_value_t = 64)]
+    history: usize,
+}
 
 /// Runs `tsc-tracer offsets`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+pub fn run(args: Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> Result<ExitCode> {
+    let options = MonitorOptions {
+        load: LoadOptions {
+            pin_path: args.follow.then(|| args.pin_path.clone()),
+            ..LoadOptions::default()
+        },
+        history: args.history,
+        read_pinned: Some(args.pin_path.clone()),
+        ..MonitorOptions::default()
+    };
+    let mut monitor = Monitor::start(options).context("starting the kernel side")?;
+    let mut out = Printer {
+        json: args.json,
+        out: io::stdout().lock(),
+    };
+    let snapshot = monitor.map().snapshot();
+    if !args.json {
+        out.header(snapshot.is_empty())?;
+    }
+    for row in &snapshot {
+        out.event(row)?;
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(pin) = monitor.pin_path() {
+        tracing::info!(
+            "following offset changes (offsets map pinned at {}); Ctrl-C to stop",
+            pin.display()
+        );
+    }
+    follow(&mut monitor, &mut out).await
+}
+
+async fn follow(monitor: &mut Monitor, out: &mut Printer<'_>) -> Result<ExitCode> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            events = monitor.next() => {
+                for event in events? {
+                    if let Err(err) = out.event(&event) {
+                        // A closed pipe (`| head`) is a normal way to stop.
+                        if err.kind() == io::ErrorKind::BrokenPipe {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        return Err(err).context("writing to stdout");
+                    }
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let counters = monitor.counters()?;
+    tracing::info!(
+        "stopped: {} offset writes seen by the kernel program, {} records lost to a full ring buffer",
+        counters.events,
+        counters.ringbuf_full
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Printer<'a> {
+    json: bool,
+    out: io::StdoutLock<'a>,
+}
+
+impl Printer<'_> {
+    fn header(&mut self, empty: bool) -> io::Result<()> {
+        if empty {
+            writeln!(self.out, "# no VM with vCPUs on this host (yet)")?;
+        }
+        writeln!(
+            self.out,
+            "{:<8} {:<7} {:<16} {:>5} {:>21} {:>21} {:<17} {:>5} {:>7}",
+            "EVENT", "PID", "COMM", "VCPU", "OFFSET", "EFFECTIVE", "RATIO/FRAC", "SEQ", "SOURCE"
+        )?;
+        self.out.flush()
+    }
+
+    fn event(&mut self, e: &OffsetEvent) -> io::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut self.out, e)?;
+            writeln!(self.out)?;
+        } else {
+            writeln!(self.out, "{}", text(e))?;
+        }
+        self.out.flush()
+    }
+}
+
+fn text(e: &OffsetEvent) -> String {
+    let event = match e.event {
+        EventKind::Snapshot => "snapshot",
+        EventKind::Change => "change",
+        EventKind::VcpuAdded => "added",
+        EventKind::VmExit => "exit",
+    };
+    let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let scaling = match (e.ratio, e.frac_bits) {
+        (Some(r), Some(f)) => format!("{r:#x}/{f}"),
+        _ => "-".to_owned(),
+    };
+    let source = e.source.map_or("-".to_owned(), |s| {
+        serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    });
+    let applied = match (e.offset, e.effective_offset) {
+        (Some(a), Some(b)) if a != b => " (not applied)",
+        _ => "",
+    };
+    format!(
+        "{:<8} {:<7} {:<16} {:>5} {:>21} {:>21} {:<17} {:>5} {:>7}{applied}",
+        event,
+        e.pid,
+        e.comm,
+        e.vcpu.map_or("-".to_owned(), |v| v.to_string()),
+        opt(e.offset),
+        opt(e.effective_offset),
+        scaling,
+        e.seq.map_or("-".to_owned(), |v| v.to_string()),
+        source,
+    )
 }
