@@ -194,6 +194,11 @@ impl Programs {
         self.offsets.iter().filter_map(Result::ok).collect()
     }
 
+    /// The kernel's sequence number for a vCPU now (None if not in the map).
+    pub fn kernel_seq(&self, key: VcpuKey) -> Option<u64> {
+        self.offsets.get(&key, 0).ok().map(|v| v.seq)
+    }
+
     /// Removes the entries of a VMM that exited, so the map does not fill up.
     pub fn forget_tgid(&mut self, tgid: u32) {
         let keys: Vec<VcpuKey> = self

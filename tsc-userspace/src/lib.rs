@@ -2,12 +2,14 @@
 //!
 //! Kernel side: [`ebpf`] loads the programs and [`offsets`] keeps the
 //! per-VM, per-vCPU offset table they feed. [`kvm`] and [`process`] read
-//! what the kernel exposes about VMs (debugfs, procfs).
+//! what the kernel exposes about VMs (debugfs, procfs). [`tracefs`] makes
+//! private trace instances and decodes their ring-buffer pages.
 
 pub mod ebpf;
 pub mod ingest;
 pub mod kvm;
 pub mod offsets;
 pub mod process;
+pub mod tracefs;
 pub mod vmm;
 pub mod wire;

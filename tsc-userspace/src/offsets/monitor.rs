@@ -296,8 +296,8 @@ impl Monitor {
     fn take_ready(&mut self) -> Vec<OffsetEvent> {
         let mut ready = Vec::new();
         while let Some(mut head) = self.queue.pop_front() {
-            let done = !needs_readback(&head.event) || self.readback(&mut head.event);
-            if done || Instant::now() >= head.deadline {
+            let waiting = Instant::now() < head.deadline;
+            if !waiting || !needs_readback(&head.event) || self.readback(&mut head.event) {
                 ready.push(head.event);
             } else {
                 self.queue.push_front(head);
@@ -307,34 +307,42 @@ impl Monitor {
         ready
     }
 
-    /// Reads the effective offset for a change event. True when done (read,
-    /// or no longer meaningful because the vCPU moved on).
+    /// Reads the effective offset for a change event. True when done: read,
+    /// or not attributable to this change because the vCPU moved on (debugfs
+    /// would show a later offset; the event then keeps `effective_offset`
+    /// null rather than a value that may belong to another change).
     fn readback(&mut self, event: &mut OffsetEvent) -> bool {
         let Some(vcpu) = event.vcpu else { return true };
-        let current = self.map.vcpu(event.pid, vcpu).map(|v| v.seq);
-        if current != event.seq {
-            // A later change superseded this one: debugfs would show that one.
+        let key = VcpuKey {
+            tgid: event.pid,
+            vcpu_id: vcpu,
+        };
+        let current = || self.programs.kernel_seq(key);
+        if current() != event.seq {
             return true;
         }
-        match self.debugfs.vcpu(event.pid, vcpu) {
-            Ok(state) => {
-                event.effective_offset = Some(state.tsc_offset);
-                event.ratio = state.scaling.map(|s| s.ratio);
-                event.frac_bits = state.scaling.map(|s| s.frac_bits);
-                if self
-                    .map
-                    .set_effective(event.pid, vcpu, state.tsc_offset, state.scaling)
-                {
-                    warn_not_applied(event, state.tsc_offset);
-                }
-                true
-            }
-            Err(KvmError::Gone(_)) => false,
+        let state = match self.debugfs.vcpu(event.pid, vcpu) {
+            Ok(state) => state,
+            Err(KvmError::Gone(_)) => return false,
             Err(err) => {
                 tracing::warn!("reading back vCPU {vcpu} of pid {}: {err}", event.pid);
-                true
+                return true;
             }
+        };
+        if current() != event.seq {
+            return true;
         }
+        event.effective_offset = Some(state.tsc_offset);
+        event.ratio = state.scaling.map(|s| s.ratio);
+        event.frac_bits = state.scaling.map(|s| s.frac_bits);
+        if self.map.vcpu(event.pid, vcpu).map(|v| v.seq) == event.seq
+            && self
+                .map
+                .set_effective(event.pid, vcpu, state.tsc_offset, state.scaling)
+        {
+            warn_not_applied(event, state.tsc_offset);
+        }
+        true
     }
 
     /// After an overflow, re-reads the kernel map so nothing stays wrong.
