@@ -21,6 +21,12 @@ use tsc_userspace::{
 
 const PAGES_PER_CPU: u32 = 300;
 const PAGE_SIZE: usize = 4096;
+/// `events/header_page` of an x86_64 Linux 6.18.
+const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;
+\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;
+\tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;
+\tfield: char data;\toffset:16;\tsize:4080;\tsigned:0;
+";
 
 fn hello() -> Hello {
     Hello {
@@ -33,7 +39,7 @@ fn hello() -> Hello {
             CpuApic { cpu: 0, apic_id: 0 },
             CpuApic { cpu: 1, apic_id: 4 },
         ],
-        header_page: "field: u64 timestamp;".into(),
+        header_page: HEADER_PAGE.into(),
         header_event: String::new(),
         events: vec![],
         samples: vec![TscSample::take()],
@@ -232,6 +238,7 @@ async fn hostile_peers_end_only_their_own_connection() {
                 seen.closed.insert(peer, outcome.map_err(|e| e.to_string()));
             }
             IngestItem::Connected(_) | IngestItem::Cmdlines { .. } | IngestItem::Lost { .. } => {}
+            other => panic!("unexpected in raw mode: {other:?}"),
         }
     }
 

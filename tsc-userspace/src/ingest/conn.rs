@@ -13,7 +13,11 @@ use tokio_util::{
 };
 use tracing::{info, warn};
 
-use super::{ConnError, ConnId, ConnectionInfo, IngestConfig, IngestItem, SockAddr};
+use super::{
+    Cmdlines, ConnError, ConnId, ConnectionInfo, EventPage, GuestFormats, IngestConfig, IngestItem,
+    SockAddr,
+};
+use crate::tracefs::parse_saved_cmdlines;
 use crate::wire::{
     Frame, FrameCodec, HEADER_LEN, Hello, HelloAck, Page, TRACE_CLOCK, WireError, rdtsc,
 };
@@ -88,20 +92,22 @@ where
 {
     let hello = handshake(reader, ctx).await?;
     let host_tsc_at_hello = rdtsc();
-    if let Err(reason) = check_hello(&hello, ctx.config.max_body) {
-        return Err(ConnError::Refused(reason));
-    }
+    let guest = check_hello(&hello, ctx.config.max_body)
+        .and_then(|()| GuestFormats::from_hello(&hello))
+        .map_err(ConnError::Refused)?;
+    let guest = Arc::new(guest);
     let ack = HelloAck {
         connection_id: ctx.id,
         max_body: ctx.config.max_body,
     };
     writer.send(Frame::HelloAck(ack)).await?;
-    let mut state = State::new(&hello);
+    let mut state = State::new(&hello, guest.clone(), ctx.config.decode_pages);
     let info = ConnectionInfo {
         id: ctx.id,
         peer: ctx.peer,
         hello,
         host_tsc_at_hello,
+        guest,
     };
     info!(
         "connection {} is agent {:?} on {:?} ({} CPUs, {} events)",
@@ -181,14 +187,42 @@ struct State {
     page_size: usize,
     /// Lost-event totals per known guest CPU.
     lost: HashMap<u32, u64>,
+    /// `None` when pages go out raw.
+    guest: Option<Arc<GuestFormats>>,
+    comms: Arc<Cmdlines>,
 }
 
 impl State {
-    fn new(hello: &Hello) -> Self {
+    fn new(hello: &Hello, guest: Arc<GuestFormats>, decode: bool) -> Self {
         Self {
             page_size: hello.page_size as usize,
             lost: hello.cpus.iter().map(|c| (c.cpu, 0)).collect(),
+            guest: decode.then_some(guest),
+            comms: Arc::default(),
         }
+    }
+
+    fn page_item(&self, conn: ConnId, page: Page) -> IngestItem {
+        let Some(guest) = &self.guest else {
+            return IngestItem::Page { conn, page };
+        };
+        let cpu = page.cpu;
+        match EventPage::new(conn, cpu, page.data, guest.clone(), self.comms.clone()) {
+            Ok(events) => IngestItem::Events(events),
+            Err(error) => {
+                warn!("connection {conn}: skipping a bad page of CPU {cpu}: {error}");
+                IngestItem::BadPage { conn, cpu, error }
+            }
+        }
+    }
+
+    /// Merges a `saved_cmdlines` text; yields it only when not decoding.
+    fn cmdlines(&mut self, conn: ConnId, text: String) -> Option<IngestItem> {
+        if self.guest.is_none() {
+            return Some(IngestItem::Cmdlines { conn, text });
+        }
+        Arc::make_mut(&mut self.comms).extend(parse_saved_cmdlines(&text));
+        None
     }
 
     /// Handles one frame; `Some(reason)` when the peer said Bye.
@@ -197,7 +231,7 @@ impl State {
         let item = match frame {
             Frame::Page(page) => {
                 self.check_page(&page)?;
-                IngestItem::Page { conn, page }
+                self.page_item(conn, page)
             }
             Frame::Lost(lost) => {
                 let total = self.lost.get_mut(&lost.cpu).ok_or_else(|| {
@@ -220,7 +254,10 @@ impl State {
                 sample,
                 host_tsc: rdtsc(),
             },
-            Frame::Cmdlines(text) => IngestItem::Cmdlines { conn, text },
+            Frame::Cmdlines(text) => match self.cmdlines(conn, text) {
+                Some(item) => item,
+                None => return Ok(None),
+            },
             Frame::Bye(reason) => return Ok(Some(reason)),
             other => {
                 return Err(ConnError::Unexpected {

@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use super::{ConnError, SockAddr};
-use crate::wire::{Hello, Page, TscSample};
+use super::{ConnError, EventPage, GuestFormats, SockAddr};
+use crate::{
+    tracefs::PageError,
+    wire::{Hello, Page, TscSample},
+};
 
 /// Identifies one connection for the ingest's lifetime (never reused).
 pub type ConnId = u64;
@@ -19,6 +22,8 @@ pub struct ConnectionInfo {
     pub hello: Hello,
     /// Host TSC when the Hello was decoded (bounds the Hello's samples).
     pub host_tsc_at_hello: u64,
+    /// The page layout and event formats from the Hello.
+    pub guest: Arc<GuestFormats>,
 }
 
 /// One thing that happened on one connection. Items of one connection
@@ -27,6 +32,17 @@ pub struct ConnectionInfo {
 pub enum IngestItem {
     /// A handshake completed.
     Connected(Arc<ConnectionInfo>),
+    /// A decoded page of events.
+    Events(EventPage),
+    /// A page that does not decode; skipped, the connection goes on.
+    BadPage {
+        /// Connection.
+        conn: ConnId,
+        /// Guest CPU.
+        cpu: u32,
+        /// What is wrong with it.
+        error: PageError,
+    },
     /// A raw page (only when the ingest does not decode pages).
     Page {
         /// Connection.
@@ -54,7 +70,8 @@ pub enum IngestItem {
         /// Host TSC when the KeepAlive was decoded.
         host_tsc: u64,
     },
-    /// A guest's `saved_cmdlines` text (only when not decoding pages).
+    /// A guest's `saved_cmdlines` text (only when not decoding pages;
+    /// when decoding, events carry the command names).
     Cmdlines {
         /// Connection.
         conn: ConnId,
@@ -77,7 +94,9 @@ impl IngestItem {
     pub fn conn(&self) -> ConnId {
         match self {
             IngestItem::Connected(info) => info.id,
+            IngestItem::Events(page) => page.conn,
             IngestItem::Page { conn, .. }
+            | IngestItem::BadPage { conn, .. }
             | IngestItem::Lost { conn, .. }
             | IngestItem::TscSample { conn, .. }
             | IngestItem::Cmdlines { conn, .. }

@@ -9,6 +9,7 @@
 //! down (TCP back-pressure) instead of growing memory.
 
 mod conn;
+mod decode;
 mod error;
 mod item;
 mod listen;
@@ -23,6 +24,7 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use decode::{Cmdlines, EventPage, GuestEvent, GuestFormats};
 pub use error::{ConnError, IngestError};
 pub use item::{ConnId, ConnectionInfo, IngestItem};
 pub use peer::SockAddr;
