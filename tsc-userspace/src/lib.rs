@@ -5,6 +5,7 @@
 //! what the kernel exposes about VMs (debugfs, procfs). [`tracefs`] makes
 //! private trace instances and decodes their ring-buffer pages.
 
+pub mod agent;
 pub mod ebpf;
 pub mod ingest;
 pub mod kvm;

@@ -80,7 +80,7 @@ impl Backoff {
 
     /// After a failure: waits and returns true if another attempt is
     /// allowed, else returns false at once.
-    pub async fn wait(&mut self, why: &dyn std::fmt::Display) -> bool {
+    pub async fn wait(&mut self, why: &str) -> bool {
         if self.left == 0 {
             return false;
         }

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per sub-command.
 
+mod agent;
 mod offsets;
 mod vmm;
 
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run inside a guest: stream its kernel trace to a tsc-tracer host.
+    Agent(agent::Args),
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
     /// A scriptable toy VMM for tests and demos (commands on stdin).
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::Agent(args) => agent::run(args),
         Command::Offsets(args) => offsets::run(args),
         Command::Vmm(args) => vmm::run(args),
     };
