@@ -13,7 +13,9 @@ use std::{
 };
 
 use super::{
-    FormatSet, PageLayout, RawPipe, Tracefs, TracefsError, mount::parse_cpu_list, registry,
+    FormatSet, PageLayout, RawPipe, Tracefs, TracefsError,
+    mount::{parse_cpu_list, read_text},
+    registry,
 };
 
 /// `system:name` of a trace event.
@@ -267,8 +269,7 @@ impl Instance {
 
     /// Reads a file of the instance.
     pub fn read(&self, rel: &str) -> Result<String, TracefsError> {
-        let path = self.dir.path.join(rel);
-        fs::read_to_string(&path).map_err(|e| TracefsError::io(path, e))
+        read_text(&self.dir.path.join(rel))
     }
 
     /// Writes a file of the instance (one write, as tracefs wants).

@@ -2,7 +2,8 @@
 
 use std::{
     collections::HashMap,
-    fs, io,
+    fs,
+    io::{self, Read},
     path::{Path, PathBuf},
 };
 
@@ -95,9 +96,33 @@ impl Tracefs {
     }
 
     pub(crate) fn read(&self, rel: &str) -> Result<String, TracefsError> {
-        let path = self.root.join(rel);
-        fs::read_to_string(&path).map_err(|e| TracefsError::io(path, e))
+        read_text(&self.root.join(rel))
     }
+}
+
+/// Reads a tracefs text file. Some (`events/header_page`, `header_event`)
+/// answer only a read at offset 0 and report end of file after it, so the
+/// first read must be big enough for all of it: `fs::read_to_string` starts
+/// with a 32-byte probe and would get a truncated text.
+pub(crate) fn read_text(path: &Path) -> Result<String, TracefsError> {
+    const CHUNK: usize = 64 * 1024;
+    let err = |e| TracefsError::io(path, e);
+    let mut file = fs::File::open(path).map_err(err)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0;
+    loop {
+        if buf.len() - len < CHUNK / 2 {
+            buf.resize(buf.len() + CHUNK, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
 /// The tracefs directory named by a `/proc/self/mounts` table.
