@@ -57,10 +57,24 @@ fn exec_children() -> HashSet<i32> {
         .collect()
 }
 
+/// Exactly one exec event per child, with the right pid and file name.
+fn check_execs(c: &Collected, children: &HashSet<i32>) {
+    let exe = true_path().to_string_lossy().into_owned();
+    let ours: Vec<_> = c.execs.iter().filter(|e| children.contains(&e.0)).collect();
+    assert_eq!(ours.len(), EXECS, "one exec event per child: {ours:?}");
+    let pids: HashSet<i32> = ours.iter().map(|e| e.0).collect();
+    assert_eq!(&pids, children);
+    for (pid, common_pid, name) in ours {
+        assert_eq!(*common_pid, Some(*pid), "common_pid is the execing child");
+        assert_eq!(name, &exe);
+    }
+}
+
 #[derive(Default)]
 struct Collected {
     markers: Vec<usize>,
-    exec_pids: Vec<i32>,
+    /// (pid, common_pid, filename) of every exec seen.
+    execs: Vec<(i32, Option<i32>, String)>,
     /// Last timestamp seen per CPU, and whether any went backwards.
     last_tsc: HashMap<u32, u64>,
     backwards: Vec<(u32, u64, u64)>,
@@ -68,7 +82,7 @@ struct Collected {
     bye: Option<String>,
 }
 
-fn collect(c: &mut Collected, item: &IngestItem, children: &HashSet<i32>, exe: &str) {
+fn collect(c: &mut Collected, item: &IngestItem) {
     match item {
         IngestItem::Events(page) => {
             for ev in page.events() {
@@ -89,14 +103,11 @@ fn collect(c: &mut Collected, item: &IngestItem, children: &HashSet<i32>, exe: &
                     }
                     Some(("sched", "sched_process_exec")) => {
                         let pid = fields.get("pid").unwrap().unwrap().as_i64().unwrap() as i32;
-                        if children.contains(&pid) {
-                            let Some(Ok(Value::Str(name))) = fields.get("filename") else {
-                                panic!("filename is a string");
-                            };
-                            assert_eq!(String::from_utf8_lossy(name), exe);
-                            assert_eq!(ev.pid, Some(pid), "common_pid is the execing child");
-                            c.exec_pids.push(pid);
-                        }
+                        let Some(Ok(Value::Str(name))) = fields.get("filename") else {
+                            panic!("filename is a string");
+                        };
+                        let name = String::from_utf8_lossy(name).into_owned();
+                        c.execs.push((pid, ev.pid, name));
                     }
                     _ => {}
                 }
@@ -149,12 +160,10 @@ async fn the_agent_delivers_a_known_workload_decoded() {
         if let IngestItem::Connected(info) = &item {
             infos.push(info.clone());
         }
+        collect(&mut c, &item);
         if workload.is_finished() {
-            let children = workload.await.unwrap();
-            collect(&mut c, &item, &children, &true_path().to_string_lossy());
-            break children;
+            break workload.await.unwrap();
         }
-        collect(&mut c, &item, &HashSet::new(), "");
     };
     // Let a keep-alive or two go by, then stop: the rest comes by the flush.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -165,7 +174,7 @@ async fn the_agent_delivers_a_known_workload_decoded() {
             .unwrap()
             .unwrap();
         samples += matches!(item, IngestItem::TscSample { .. }) as usize;
-        collect(&mut c, &item, &children, &true_path().to_string_lossy());
+        collect(&mut c, &item);
     }
     let report: AgentReport = run.await.unwrap().unwrap();
 
@@ -180,9 +189,7 @@ async fn the_agent_delivers_a_known_workload_decoded() {
     let markers: BTreeSet<usize> = c.markers.iter().copied().collect();
     assert_eq!(c.markers.len(), MARKERS, "each marker exactly once");
     assert_eq!(markers, (0..MARKERS).collect(), "every marker arrives");
-    let execs: HashSet<i32> = c.exec_pids.iter().copied().collect();
-    assert_eq!(c.exec_pids.len(), EXECS, "one exec event per child");
-    assert_eq!(execs, children);
+    check_execs(&c, &children);
     assert!(samples >= 1, "keep-alives carry TSC samples");
 
     let info = &infos[0];
@@ -226,17 +233,14 @@ fn the_binary_stops_cleanly_on_sigterm() {
                 .await
                 .unwrap()
                 .unwrap();
-            collect(&mut c, &item, &children, &true_path().to_string_lossy());
+            collect(&mut c, &item);
         }
         let status = tokio::task::spawn_blocking(move || agent.wait().unwrap())
             .await
             .unwrap();
         assert!(status.success(), "exit status {status}");
-        assert_eq!(
-            c.exec_pids.len(),
-            EXECS,
-            "the flush on SIGTERM delivers everything"
-        );
+        // The flush on SIGTERM delivers everything.
+        check_execs(&c, &children);
         let prefix = format!("tsc-agent-{}-", pid.as_raw());
         let left: Vec<_> = std::fs::read_dir("/sys/kernel/tracing/instances")
             .unwrap()

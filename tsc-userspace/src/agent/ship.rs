@@ -100,11 +100,7 @@ impl Shipper {
         let mut backoff = Backoff::new(self.config.retry);
         loop {
             let sessions = self.report.sessions;
-            let outcome = tokio::select! {
-                _ = stop.cancelled() => return Ok(self.report),
-                outcome = self.connect_and_ship(stop, readers) => outcome,
-            };
-            let err = match outcome {
+            let err = match self.connect_and_ship(stop, readers).await {
                 Ok(()) => return Ok(self.report),
                 Err(SessionError::Rejected(reason)) => {
                     return Err(AgentError::Rejected {
@@ -139,10 +135,18 @@ impl Shipper {
         stop: &CancellationToken,
         readers: &Readers,
     ) -> Result<(), SessionError> {
-        let stream = transport::connect(&self.config.endpoint).await?;
+        // Until the handshake is done there is nothing to flush to: a stop
+        // just ends the attempt.
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            stream = transport::connect(&self.config.endpoint) => stream?,
+        };
         let (rd, mut wr) = tokio::io::split(stream);
         let mut rx = FramedRead::new(rd, FrameCodec::default());
-        self.handshake(&mut rx, &mut wr).await?;
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            done = self.handshake(&mut rx, &mut wr) => done?,
+        }
         self.report.sessions += 1;
         self.ship(&mut rx, &mut wr, stop, readers).await
     }
