@@ -192,7 +192,7 @@ impl Shipper {
                 frame = rx.next() => return Err(host_ended(frame)),
                 _ = keepalive.tick() => {
                     beats += 1;
-                    self.keepalive(wr, beats % CMDLINES_EVERY == 0).await?;
+                    self.keepalive(wr, beats.is_multiple_of(CMDLINES_EVERY)).await?;
                 }
                 page = self.rx.recv() => match page {
                     Some(page) => self.send_page(wr, page).await?,
