@@ -279,3 +279,52 @@ fn retry_zero_fails_at_once_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+async fn next(ingest: &mut Ingest) -> IngestItem {
+    tokio::time::timeout(Duration::from_secs(20), ingest.next_item())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reconnects_when_the_host_goes_away() {
+    if !common::privileged("the_agent_reconnects_when_the_host_goes_away") {
+        return;
+    }
+    let (mut first, endpoint) = ingest().await;
+    let config = AgentConfig {
+        events: vec!["sched:sched_process_exec".parse().unwrap()],
+        retry: 3,
+        flush: Duration::from_millis(50),
+        ..AgentConfig::new(endpoint.clone())
+    };
+    let agent = Agent::start(config).unwrap();
+    let mut marker = agent.instance().trace_marker().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    assert!(matches!(next(&mut first).await, IngestItem::Connected(_)));
+    // The host goes away; a new one comes up on the same port.
+    drop(first);
+    let mut second = Ingest::bind(&[endpoint], IngestConfig::default())
+        .await
+        .unwrap();
+    let item = next(&mut second).await;
+    assert!(matches!(item, IngestItem::Connected(_)), "{item:?}");
+    marker.write_marker("tsc-agent-test 7").unwrap();
+    let mut c = Collected::default();
+    while c.markers.is_empty() {
+        let item = next(&mut second).await;
+        collect(&mut c, &item);
+    }
+    assert_eq!(c.markers, vec![7]);
+    stop.send(()).unwrap();
+    while c.bye.is_none() {
+        let item = next(&mut second).await;
+        collect(&mut c, &item);
+    }
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.sessions, 2);
+}

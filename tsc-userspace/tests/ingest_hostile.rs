@@ -327,3 +327,63 @@ async fn an_unusable_vsock_address_does_not_stop_tcp() {
             .is_err()
     );
 }
+
+/// A page whose header says more bytes than it holds.
+fn corrupt_page() -> Bytes {
+    let mut data = vec![0u8; PAGE_SIZE];
+    data[8..16].copy_from_slice(&(PAGE_SIZE as u64 * 2).to_le_bytes());
+    Bytes::from(data)
+}
+
+#[tokio::test]
+async fn a_corrupt_page_is_reported_and_skipped_not_fatal() {
+    let listen: Endpoint = "tcp:127.0.0.1:0".parse().unwrap();
+    let mut ingest = Ingest::bind(&[listen], IngestConfig::default())
+        .await
+        .unwrap();
+    let SockAddr::Tcp(addr) = ingest.local_addrs()[0] else {
+        panic!("not tcp")
+    };
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (rd, wr) = stream.into_split();
+    let mut rx = FramedRead::new(rd, FrameCodec::default());
+    let mut tx = FramedWrite::new(wr, FrameCodec::default());
+    tx.send(Frame::Hello(Box::new(hello()))).await.unwrap();
+    assert!(matches!(rx.next().await, Some(Ok(Frame::HelloAck(_)))));
+    let page = |data| {
+        Frame::Page(Page {
+            cpu: 1,
+            flags: 0,
+            data,
+        })
+    };
+    tx.send(page(corrupt_page())).await.unwrap();
+    // An empty page (commit 0) is valid and holds no events.
+    tx.send(page(Bytes::from(vec![0u8; PAGE_SIZE])))
+        .await
+        .unwrap();
+    tx.send(Frame::Bye("done".into())).await.unwrap();
+
+    let mut items = Vec::new();
+    loop {
+        let item = ingest.next_item().await.unwrap();
+        let closed = matches!(item, IngestItem::Closed { .. });
+        items.push(item);
+        if closed {
+            break;
+        }
+    }
+    assert!(matches!(items[0], IngestItem::Connected(_)), "{items:?}");
+    assert!(
+        matches!(items[1], IngestItem::BadPage { cpu: 1, .. }),
+        "{items:?}"
+    );
+    assert!(
+        matches!(&items[2], IngestItem::Events(p) if p.count == 0 && p.cpu == 1),
+        "{items:?}"
+    );
+    assert!(
+        matches!(&items[3], IngestItem::Closed { outcome: Ok(r), .. } if r == "done"),
+        "{items:?}"
+    );
+}
