@@ -4,6 +4,10 @@
 //! per-VM, per-vCPU offset table they feed. [`kvm`] and [`process`] read
 //! what the kernel exposes about VMs (debugfs, procfs). [`tracefs`] makes
 //! private trace instances and decodes their ring-buffer pages.
+//!
+//! Guest to host: [`agent`] runs in a guest and streams its raw trace pages
+//! over the [`wire`] protocol (`docs/PROTOCOL.md`); [`ingest`] accepts
+//! agents on the host and yields their decoded events.
 
 pub mod agent;
 pub mod ebpf;
