@@ -115,7 +115,7 @@ pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// The loaded, attached programs and their maps.
 pub struct Programs {
     // Keeps programs and links alive; dropping it detaches.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     records: Option<RingBuf<MapData>>,
     /// The always-current offsets map.
     pub offsets: HashMap<MapData, VcpuKey, VcpuOffset>,
@@ -168,7 +168,7 @@ impl Programs {
             }
         })?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             records: Some(records),
             offsets,
             counters,
@@ -192,6 +192,19 @@ impl Programs {
     /// Reads the whole offsets map (the source of truth after an overflow).
     pub fn read_offsets(&self) -> Vec<(VcpuKey, VcpuOffset)> {
         self.offsets.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Kernel facts about the offset-write program (run count and time when
+    /// `aya::sys::enable_stats` is on, verified instruction count).
+    pub fn write_program_info(
+        &self,
+    ) -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
+        let prog: &TracePoint = self
+            .ebpf
+            .program("kvm_write_tsc_offset")
+            .ok_or(aya::programs::ProgramError::NotLoaded)?
+            .try_into()?;
+        prog.info()
     }
 
     /// The kernel's sequence number for a vCPU now (None if not in the map).

@@ -10,6 +10,7 @@
 //! agents on the host and yields their decoded events.
 
 pub mod agent;
+pub mod btf;
 pub mod ebpf;
 pub mod ingest;
 pub mod kvm;

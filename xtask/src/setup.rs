@@ -28,7 +28,18 @@ pub fn all() -> Result<()> {
 /// What the tests need on top of `all`.
 pub fn for_tests() -> Result<()> {
     all()?;
-    debian_package("trace-cmd", "trace-cmd")
+    debian_package("trace-cmd", "trace-cmd")?;
+    cargo_fuzz()
+}
+
+/// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.
+fn cargo_fuzz() -> Result<()> {
+    if shell::output(shell::command("cargo").args(["fuzz", "--version"])).is_some() {
+        return Ok(());
+    }
+    step("installing cargo-fuzz (cargo install cargo-fuzz)");
+    shell::run(shell::command("cargo").args(["install", "cargo-fuzz"]))
+        .context("could not install cargo-fuzz")
 }
 
 fn nightly_rust_src() -> Result<()> {

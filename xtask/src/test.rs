@@ -31,6 +31,8 @@ pub fn run(args: Args) -> Result<()> {
     shell::cargo(&[
         "clippy",
         "--workspace",
+        "--exclude",
+        "tsc-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -52,11 +54,34 @@ pub fn run(args: Args) -> Result<()> {
     ]))?;
     step("cargo test (privileged tests required)");
     let mut test = shell::command("cargo");
-    test.args(["test", "--workspace"])
+    test.args(["test", "--workspace", "--exclude", "tsc-ebpf"])
         .env(REQUIRE_PRIVILEGED, "1");
     if !args.cargo_test_args.is_empty() {
         test.arg("--").args(&args.cargo_test_args);
     }
     shell::run(&mut test)?;
+    fuzz(args.fuzz_seconds)
+}
+
+/// Runs every target of the `fuzz/` crate (as `cargo fuzz list` names them)
+/// for a bounded time each.
+fn fuzz(seconds: u64) -> Result<()> {
+    if seconds == 0 {
+        step("fuzzing skipped (--fuzz-seconds 0)");
+        return Ok(());
+    }
+    let list = shell::output(shell::nightly_cargo().args(["fuzz", "list"]))
+        .context("`cargo fuzz list` failed (is cargo-fuzz installed?)")?;
+    for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        step(&format!("fuzzing {target} for {seconds} s"));
+        shell::run(shell::nightly_cargo().args([
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ]))
+        .with_context(|| format!("fuzz target {target} found a failure (see fuzz/artifacts/)"))?;
+    }
     Ok(())
 }

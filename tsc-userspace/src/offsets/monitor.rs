@@ -141,6 +141,11 @@ impl Monitor {
         Ok(self.programs.counters()?)
     }
 
+    /// The loaded programs.
+    pub fn programs(&self) -> &Programs {
+        &self.programs
+    }
+
     /// Where the offsets map is pinned.
     pub fn pin_path(&self) -> Option<&std::path::Path> {
         self.programs.pin_path()
