@@ -1,6 +1,7 @@
 //! Command-line interface: one module per sub-command.
 
 mod doctor;
+mod agent;
 mod offsets;
 mod vmm;
 
@@ -30,6 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run inside a guest: stream its kernel trace to a tsc-tracer host.
+    Agent(agent::Args),
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
     /// Check what this host allows (privileges, mounts, KVM, TSC) and how
@@ -45,6 +48,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::Agent(args) => agent::run(args),
         Command::Offsets(args) => offsets::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Vmm(args) => vmm::run(args),

@@ -1,0 +1,192 @@
+//! The guest agent: a private `x86-tsc` trace instance whose raw ring-buffer
+//! pages go, unparsed, to a tsc-tracer host (protocol in `docs/PROTOCOL.md`).
+//!
+//! [`Agent::start`] sets up the instance; [`Agent::run`] connects, sends the
+//! Hello, then streams pages, keep-alives (with fresh TSC samples), lost
+//! counts and command names until told to stop, reconnecting with backoff
+//! when the connection drops. On stop it flushes partly filled pages, says
+//! Bye and removes the instance.
+
+mod hello;
+mod pages;
+mod ship;
+pub mod sysinfo;
+pub mod transport;
+
+use std::{future::Future, time::Duration};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    tracefs::{AsyncRawPipe, EventName, FormatError, Instance, InstanceOptions, TracefsError},
+    wire::{Endpoint, Hello},
+};
+
+pub use sysinfo::SysInfoError;
+pub use transport::ConnectError;
+
+/// Events traced when none are asked for: scheduling and interrupts.
+pub const DEFAULT_EVENTS: &str =
+    "sched:sched_switch,sched:sched_wakeup,irq:irq_handler_entry,irq:irq_handler_exit";
+
+/// Pages the queue between the CPU readers and the network holds.
+const QUEUE_PAGES: usize = 256;
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The host to send to.
+    pub endpoint: Endpoint,
+    /// Events to enable.
+    pub events: Vec<EventName>,
+    /// Name in the Hello (default: the hostname).
+    pub name: Option<String>,
+    /// Reconnection attempts after a failure before giving up (0: none).
+    pub retry: u32,
+    /// Interval between KeepAlives.
+    pub keepalive: Duration,
+    /// Interval at which partly filled pages of quiet CPUs are sent.
+    pub flush: Duration,
+    /// Per-CPU ring buffer size in KiB (`None`: the kernel's default).
+    pub buffer_size_kb: Option<u32>,
+}
+
+impl AgentConfig {
+    /// Defaults: the [`DEFAULT_EVENTS`], 5 retries, a KeepAlive every 2 s,
+    /// a flush every second.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            events: DEFAULT_EVENTS
+                .split(',')
+                .filter_map(|e| e.parse().ok())
+                .collect(),
+            name: None,
+            retry: 5,
+            keepalive: Duration::from_secs(2),
+            flush: Duration::from_secs(1),
+            buffer_size_kb: None,
+        }
+    }
+}
+
+/// Why the agent stopped other than by being told to.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Setting up or reading the trace instance failed.
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    /// An event format of this kernel does not parse.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// What the Hello says about the system could not be read.
+    #[error(transparent)]
+    SysInfo(#[from] SysInfoError),
+    /// The host could not be reached and no retries are left.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection broke and no retries are left.
+    #[error("lost the connection to {endpoint}: {reason}")]
+    Lost {
+        /// The host.
+        endpoint: Endpoint,
+        /// What happened.
+        reason: String,
+    },
+    /// The host refused the Hello.
+    #[error("{endpoint} refused this agent: {reason}")]
+    Rejected {
+        /// The host.
+        endpoint: Endpoint,
+        /// The host's reason.
+        reason: String,
+    },
+}
+
+/// What an agent run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// Pages sent.
+    pub pages: u64,
+    /// Page bytes sent.
+    pub bytes: u64,
+    /// Connections that completed the handshake.
+    pub sessions: u32,
+}
+
+/// A set-up agent: its instance exists and is recording.
+pub struct Agent {
+    config: AgentConfig,
+    instance: Instance,
+    hello: Hello,
+    pipes: Vec<AsyncRawPipe>,
+}
+
+impl Agent {
+    /// Creates the trace instance and opens its pipes. Must be called
+    /// inside a tokio runtime.
+    pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let mut opts = InstanceOptions::new("tsc-agent");
+        opts.events = config.events.clone();
+        opts.buffer_size_kb = config.buffer_size_kb;
+        let instance = Instance::create(&opts)?;
+        let hello = hello::hello(&instance, config.name.as_deref())?;
+        let pipes = instance
+            .cpus()?
+            .into_iter()
+            .map(|cpu| instance.open_pipe(cpu)?.into_async())
+            .collect::<Result<_, _>>()?;
+        info!(
+            "trace instance {} on {} CPUs, events: {}",
+            instance.name(),
+            hello.cpus.len(),
+            hello
+                .events
+                .iter()
+                .map(|e| format!("{}:{}", e.system, e.name))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(Self {
+            config,
+            instance,
+            hello,
+            pipes,
+        })
+    }
+
+    /// The agent's trace instance (e.g. for its `trace_marker`).
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// What the Hello will say (without TSC samples).
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Streams to the host until `shutdown` resolves (then flushes, says
+    /// Bye and returns `Ok`) or the connection is lost for good.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<AgentReport, AgentError> {
+        let stop = CancellationToken::new();
+        let on_signal = stop.clone();
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            on_signal.cancel();
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_PAGES);
+        let readers = pages::Readers::start(self.pipes, tx, self.config.flush);
+        let mut shipper = ship::Shipper::new(self.config, self.instance, self.hello, rx);
+        let result = shipper.run(&stop, &readers).await;
+        readers.stop();
+        drop(shipper);
+        readers.join().await;
+        watcher.abort();
+        result
+    }
+}

@@ -1,0 +1,75 @@
+//! `tsc-tracer agent`: the guest side of a session.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use tracing::{info, warn};
+use tsc_userspace::{
+    agent::{Agent, AgentConfig, DEFAULT_EVENTS},
+    tracefs::{self, EventName},
+    wire::Endpoint,
+};
+
+/// Options of `tsc-tracer agent`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The host to send to: tcp:HOST:PORT or vsock:CID:PORT (the host is CID 2).
+    #[arg(long, value_name = "ADDR")]
+    connect: Endpoint,
+    /// Events to trace, SYSTEM:NAME, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_EVENTS)]
+    events: Vec<EventName>,
+    /// Name to announce to the host (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// Reconnection attempts after a failure (0: fail at once).
+    #[arg(long, default_value_t = 5)]
+    retry: u32,
+    /// Per-CPU ring buffer size in KiB (default: the kernel's).
+    #[arg(long, value_name = "KIB")]
+    buffer_kb: Option<u32>,
+    /// Milliseconds between keep-alives (each carries a TSC sample).
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    keepalive_ms: u64,
+    /// Milliseconds between flushes of partly filled pages of quiet CPUs.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    flush_ms: u64,
+}
+
+/// Runs `tsc-tracer agent` until SIGINT/SIGTERM (exit 0) or a lasting failure.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = AgentConfig {
+        name: args.name,
+        retry: args.retry,
+        keepalive: Duration::from_millis(args.keepalive_ms.max(1)),
+        flush: Duration::from_millis(args.flush_ms.max(1)),
+        buffer_size_kb: args.buffer_kb,
+        events: args.events,
+        ..AgentConfig::new(args.connect)
+    };
+    // One thread: the agent shares the guest with what it traces.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    tracefs::install_panic_hook();
+    runtime.block_on(async {
+        let agent = Agent::start(config).context("cannot set up tracing")?;
+        let report = agent
+            .run(async {
+                match tracefs::shutdown_signal().await {
+                    Ok(signal) => info!("{signal}: stopping"),
+                    Err(e) => {
+                        warn!("cannot watch for signals ({e}): stop the agent with SIGKILL");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+            .await?;
+        info!(
+            "done: {} pages, {} bytes, {} connection(s)",
+            report.pages, report.bytes, report.sessions
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}

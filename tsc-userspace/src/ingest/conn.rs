@@ -1,0 +1,289 @@
+//! One connection: handshake, then frames until Bye, error or silence.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf},
+    sync::mpsc,
+};
+use tokio_util::{
+    codec::{FramedRead, FramedWrite},
+    sync::CancellationToken,
+};
+use tracing::{info, warn};
+
+use super::{
+    Cmdlines, ConnError, ConnId, ConnectionInfo, EventPage, GuestFormats, IngestConfig, IngestItem,
+    SockAddr,
+};
+use crate::tracefs::parse_saved_cmdlines;
+use crate::wire::{
+    Frame, FrameCodec, HEADER_LEN, Hello, HelloAck, Page, TRACE_CLOCK, WireError, rdtsc,
+};
+
+/// How long a parting Reject or Bye may take to send.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Smallest page that can hold a ring-buffer page header.
+const MIN_PAGE_SIZE: u32 = 64;
+
+/// What a connection task needs from the ingest.
+pub(super) struct Context {
+    pub(super) id: ConnId,
+    pub(super) peer: SockAddr,
+    pub(super) config: Arc<IngestConfig>,
+    pub(super) tx: mpsc::Sender<IngestItem>,
+    pub(super) stop: CancellationToken,
+}
+
+type Reader<S> = FramedRead<ReadHalf<S>, FrameCodec>;
+type Writer<S> = FramedWrite<WriteHalf<S>, FrameCodec>;
+
+/// Serves one connection to its end and reports how it ended.
+pub(super) async fn serve<S>(stream: S, ctx: Context)
+where
+    S: AsyncRead + AsyncWrite + Send,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut reader = FramedRead::new(rd, FrameCodec::new(ctx.config.max_body));
+    let mut writer = FramedWrite::new(wr, FrameCodec::new(ctx.config.max_body));
+    let outcome = tokio::select! {
+        _ = ctx.stop.cancelled() => Err(ConnError::Shutdown),
+        outcome = run(&mut reader, &mut writer, &ctx) => outcome,
+    };
+    let (id, peer) = (ctx.id, ctx.peer);
+    match &outcome {
+        Ok(reason) => info!("connection {id} from {peer} said Bye: {reason}"),
+        Err(err) => {
+            warn!("connection {id} from {peer} closed: {err}");
+            goodbye(&mut writer, err).await;
+        }
+    }
+    let closed = IngestItem::Closed {
+        conn: id,
+        peer,
+        outcome: outcome.map_err(Arc::new),
+    };
+    // The consumer may be gone (shutdown): nobody is left to tell.
+    let _ = ctx.tx.send(closed).await;
+}
+
+/// Tells the peer why it is being dropped, when it can still hear it.
+async fn goodbye<S: AsyncWrite>(writer: &mut Writer<S>, err: &ConnError) {
+    let frame = match err {
+        ConnError::Refused(reason) => Frame::Reject(reason.clone()),
+        ConnError::Wire(e @ (WireError::UnsupportedVersion { .. } | WireError::BadMagic(_))) => {
+            Frame::Reject(e.to_string())
+        }
+        ConnError::Wire(WireError::Io(_)) | ConnError::Disconnected => return,
+        other => Frame::Bye(other.to_string()),
+    };
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, writer.send(frame)).await;
+}
+
+async fn run<S>(
+    reader: &mut Reader<S>,
+    writer: &mut Writer<S>,
+    ctx: &Context,
+) -> Result<String, ConnError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let hello = handshake(reader, ctx).await?;
+    let host_tsc_at_hello = rdtsc();
+    let guest = check_hello(&hello, ctx.config.max_body)
+        .and_then(|()| GuestFormats::from_hello(&hello))
+        .map_err(ConnError::Refused)?;
+    let guest = Arc::new(guest);
+    let ack = HelloAck {
+        connection_id: ctx.id,
+        max_body: ctx.config.max_body,
+    };
+    writer.send(Frame::HelloAck(ack)).await?;
+    let mut state = State::new(&hello, guest.clone(), ctx.config.decode_pages);
+    let info = ConnectionInfo {
+        id: ctx.id,
+        peer: ctx.peer,
+        hello,
+        host_tsc_at_hello,
+        guest,
+    };
+    info!(
+        "connection {} is agent {:?} on {:?} ({} CPUs, {} events)",
+        ctx.id,
+        info.hello.agent_name,
+        info.hello.hostname,
+        info.hello.cpus.len(),
+        info.hello.events.len()
+    );
+    emit(ctx, IngestItem::Connected(Arc::new(info))).await?;
+    loop {
+        let frame = next_frame(reader, ctx.config.idle_timeout, false).await?;
+        if let Some(reason) = state.handle(frame, ctx).await? {
+            return Ok(reason);
+        }
+    }
+}
+
+async fn handshake<S: AsyncRead>(
+    reader: &mut Reader<S>,
+    ctx: &Context,
+) -> Result<Hello, ConnError> {
+    match next_frame(reader, ctx.config.handshake_timeout, true).await? {
+        Frame::Hello(hello) => Ok(*hello),
+        other => Err(ConnError::Unexpected {
+            got: other.frame_type().name(),
+            when: "before Hello",
+        }),
+    }
+}
+
+/// The next frame, or why there is none.
+async fn next_frame<S: AsyncRead>(
+    reader: &mut Reader<S>,
+    limit: Duration,
+    handshake: bool,
+) -> Result<Frame, ConnError> {
+    match tokio::time::timeout(limit, reader.next()).await {
+        Err(_) if handshake => Err(ConnError::HandshakeTimeout(limit)),
+        Err(_) => Err(ConnError::IdleTimeout(limit)),
+        Ok(None) => Err(ConnError::Disconnected),
+        Ok(Some(frame)) => Ok(frame?),
+    }
+}
+
+async fn emit(ctx: &Context, item: IngestItem) -> Result<(), ConnError> {
+    ctx.tx.send(item).await.map_err(|_| ConnError::Shutdown)
+}
+
+/// Refuses a Hello this host cannot decode from, with the reason to send.
+fn check_hello(hello: &Hello, max_body: u32) -> Result<(), String> {
+    if hello.trace_clock != TRACE_CLOCK {
+        return Err(format!(
+            "trace clock {:?} is not {TRACE_CLOCK:?}",
+            hello.trace_clock
+        ));
+    }
+    let max_page = max_body.saturating_sub(HEADER_LEN as u32);
+    if !(MIN_PAGE_SIZE..=max_page).contains(&hello.page_size) {
+        return Err(format!(
+            "page size {} outside {MIN_PAGE_SIZE}..={max_page}",
+            hello.page_size
+        ));
+    }
+    if hello.cpus.is_empty() {
+        return Err("no CPUs".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = hello.cpus.iter().find(|c| !seen.insert(c.cpu)) {
+        return Err(format!("CPU {} listed twice", dup.cpu));
+    }
+    Ok(())
+}
+
+/// Per-connection bookkeeping after the handshake.
+struct State {
+    page_size: usize,
+    /// Lost-event totals per known guest CPU.
+    lost: HashMap<u32, u64>,
+    /// `None` when pages go out raw.
+    guest: Option<Arc<GuestFormats>>,
+    comms: Arc<Cmdlines>,
+}
+
+impl State {
+    fn new(hello: &Hello, guest: Arc<GuestFormats>, decode: bool) -> Self {
+        Self {
+            page_size: hello.page_size as usize,
+            lost: hello.cpus.iter().map(|c| (c.cpu, 0)).collect(),
+            guest: decode.then_some(guest),
+            comms: Arc::default(),
+        }
+    }
+
+    fn page_item(&self, conn: ConnId, page: Page) -> IngestItem {
+        let Some(guest) = &self.guest else {
+            return IngestItem::Page { conn, page };
+        };
+        let cpu = page.cpu;
+        match EventPage::new(conn, cpu, page.data, guest.clone(), self.comms.clone()) {
+            Ok(events) => IngestItem::Events(events),
+            Err(error) => {
+                warn!("connection {conn}: skipping a bad page of CPU {cpu}: {error}");
+                IngestItem::BadPage { conn, cpu, error }
+            }
+        }
+    }
+
+    /// Merges a `saved_cmdlines` text; yields it only when not decoding.
+    fn cmdlines(&mut self, conn: ConnId, text: String) -> Option<IngestItem> {
+        if self.guest.is_none() {
+            return Some(IngestItem::Cmdlines { conn, text });
+        }
+        Arc::make_mut(&mut self.comms).extend(parse_saved_cmdlines(&text));
+        None
+    }
+
+    /// Handles one frame; `Some(reason)` when the peer said Bye.
+    async fn handle(&mut self, frame: Frame, ctx: &Context) -> Result<Option<String>, ConnError> {
+        let conn = ctx.id;
+        let item = match frame {
+            Frame::Page(page) => {
+                self.check_page(&page)?;
+                self.page_item(conn, page)
+            }
+            Frame::Lost(lost) => {
+                let total = self.lost.get_mut(&lost.cpu).ok_or_else(|| {
+                    ConnError::Contradiction(format!("Lost for unknown CPU {}", lost.cpu))
+                })?;
+                let new = lost.total.saturating_sub(*total);
+                *total = lost.total.max(*total);
+                if new == 0 {
+                    return Ok(None);
+                }
+                IngestItem::Lost {
+                    conn,
+                    cpu: lost.cpu,
+                    new,
+                    total: *total,
+                }
+            }
+            Frame::KeepAlive(sample) => IngestItem::TscSample {
+                conn,
+                sample,
+                host_tsc: rdtsc(),
+            },
+            Frame::Cmdlines(text) => match self.cmdlines(conn, text) {
+                Some(item) => item,
+                None => return Ok(None),
+            },
+            Frame::Bye(reason) => return Ok(Some(reason)),
+            other => {
+                return Err(ConnError::Unexpected {
+                    got: other.frame_type().name(),
+                    when: "after the handshake",
+                });
+            }
+        };
+        emit(ctx, item).await?;
+        Ok(None)
+    }
+
+    fn check_page(&self, page: &Page) -> Result<(), ConnError> {
+        if !self.lost.contains_key(&page.cpu) {
+            return Err(ConnError::Contradiction(format!(
+                "Page for unknown CPU {}",
+                page.cpu
+            )));
+        }
+        if page.data.len() > self.page_size {
+            return Err(ConnError::Contradiction(format!(
+                "Page of {} bytes, the Hello said {}",
+                page.data.len(),
+                self.page_size
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+//! Errors of the ingest as a whole and of one connection.
+
+use std::time::Duration;
+
+use crate::wire::WireError;
+
+/// The ingest could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No listen address could be bound (each failure is listed).
+    #[error("could not listen on any address: {0}")]
+    NoListener(String),
+    /// No listen address was given.
+    #[error("no listen address given")]
+    NoAddress,
+}
+
+/// Why one connection ended abnormally. Never affects other connections.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The byte stream broke the protocol or the transport failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// No Hello arrived in time.
+    #[error("no Hello within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// Nothing arrived for too long after the handshake.
+    #[error("silent for {0:?} (no frame, not even a KeepAlive)")]
+    IdleTimeout(Duration),
+    /// The peer closed the connection without a Bye.
+    #[error("peer disconnected without Bye")]
+    Disconnected,
+    /// A valid frame arrived where the protocol does not allow it.
+    #[error("unexpected {got} frame {when}")]
+    Unexpected {
+        /// The frame's type name.
+        got: &'static str,
+        /// Where in the conversation.
+        when: &'static str,
+    },
+    /// The Hello was well formed but refused; the reason was sent back.
+    #[error("Hello refused: {0}")]
+    Refused(String),
+    /// A frame contradicts the Hello (unknown CPU, page too large...).
+    #[error("{0}")]
+    Contradiction(String),
+    /// The ingest is shutting down.
+    #[error("ingest shut down")]
+    Shutdown,
+}

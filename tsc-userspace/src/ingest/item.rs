@@ -1,0 +1,106 @@
+//! What the ingest stream yields.
+
+use std::sync::Arc;
+
+use super::{ConnError, EventPage, GuestFormats, SockAddr};
+use crate::{
+    tracefs::PageError,
+    wire::{Hello, Page, TscSample},
+};
+
+/// Identifies one connection for the ingest's lifetime (never reused).
+pub type ConnId = u64;
+
+/// A connection that completed its handshake.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// The connection's id.
+    pub id: ConnId,
+    /// Where it comes from.
+    pub peer: SockAddr,
+    /// Everything the agent said about itself.
+    pub hello: Hello,
+    /// Host TSC when the Hello was decoded (bounds the Hello's samples).
+    pub host_tsc_at_hello: u64,
+    /// The page layout and event formats from the Hello.
+    pub guest: Arc<GuestFormats>,
+}
+
+/// One thing that happened on one connection. Items of one connection
+/// arrive in the order they happened: `Connected` first, `Closed` last.
+#[derive(Debug)]
+pub enum IngestItem {
+    /// A handshake completed.
+    Connected(Arc<ConnectionInfo>),
+    /// A decoded page of events.
+    Events(EventPage),
+    /// A page that does not decode; skipped, the connection goes on.
+    BadPage {
+        /// Connection.
+        conn: ConnId,
+        /// Guest CPU.
+        cpu: u32,
+        /// What is wrong with it.
+        error: PageError,
+    },
+    /// A raw page (only when the ingest does not decode pages).
+    Page {
+        /// Connection.
+        conn: ConnId,
+        /// The page as received.
+        page: Page,
+    },
+    /// The guest kernel's lost-event count on a CPU went up.
+    Lost {
+        /// Connection.
+        conn: ConnId,
+        /// Guest CPU.
+        cpu: u32,
+        /// Events lost since the previous report for this CPU.
+        new: u64,
+        /// Events lost on this CPU since the agent started.
+        total: u64,
+    },
+    /// A TSC sample from a KeepAlive.
+    TscSample {
+        /// Connection.
+        conn: ConnId,
+        /// The guest's reading.
+        sample: TscSample,
+        /// Host TSC when the KeepAlive was decoded.
+        host_tsc: u64,
+    },
+    /// A guest's `saved_cmdlines` text (only when not decoding pages;
+    /// when decoding, events carry the command names).
+    Cmdlines {
+        /// Connection.
+        conn: ConnId,
+        /// Verbatim text.
+        text: String,
+    },
+    /// The connection ended: with the peer's Bye reason, or an error.
+    Closed {
+        /// Connection.
+        conn: ConnId,
+        /// Where it came from.
+        peer: SockAddr,
+        /// `Ok(reason)` after a Bye, else what went wrong.
+        outcome: Result<String, Arc<ConnError>>,
+    },
+}
+
+impl IngestItem {
+    /// The connection this item belongs to.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            IngestItem::Connected(info) => info.id,
+            IngestItem::Events(page) => page.conn,
+            IngestItem::Page { conn, .. }
+            | IngestItem::BadPage { conn, .. }
+            | IngestItem::Lost { conn, .. }
+            | IngestItem::TscSample { conn, .. }
+            | IngestItem::Cmdlines { conn, .. }
+            | IngestItem::Closed { conn, .. } => *conn,
+        }
+    }
+}

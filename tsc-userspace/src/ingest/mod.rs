@@ -1,0 +1,109 @@
+//! Host side of the wire: accept guest agents on TCP and vsock, run the
+//! handshake, and hand out what each guest sends as one stream of
+//! [`IngestItem`]s.
+//!
+//! Every connection runs in its own task: a peer that misbehaves, stalls or
+//! disconnects ends only its own connection, reported as
+//! [`IngestItem::Closed`] with the reason. All connections share one
+//! bounded queue to the consumer, so a slow consumer slows every sender
+//! down (TCP back-pressure) instead of growing memory.
+
+mod conn;
+mod decode;
+mod error;
+mod item;
+mod listen;
+mod peer;
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use decode::{Cmdlines, EventPage, GuestEvent, GuestFormats};
+pub use error::{ConnError, IngestError};
+pub use item::{ConnId, ConnectionInfo, IngestItem};
+pub use peer::SockAddr;
+
+use crate::wire::{DEFAULT_MAX_BODY, Endpoint};
+
+/// How the ingest treats its peers.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Largest frame body accepted (and announced in HelloAck).
+    pub max_body: u32,
+    /// Time a new connection has to deliver its Hello.
+    pub handshake_timeout: Duration,
+    /// Longest silence allowed after the handshake (agents send keep-alives).
+    pub idle_timeout: Duration,
+    /// Items the shared queue to the consumer holds.
+    pub queue_depth: usize,
+    /// Decode pages into events; when false, yield raw pages.
+    pub decode_pages: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body: DEFAULT_MAX_BODY,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            queue_depth: 1024,
+            decode_pages: true,
+        }
+    }
+}
+
+/// A running ingest: its listeners, its connections and the stream of
+/// what they deliver. Dropping it stops everything.
+pub struct Ingest {
+    rx: mpsc::Receiver<IngestItem>,
+    bound: Vec<SockAddr>,
+    stop: CancellationToken,
+}
+
+impl Ingest {
+    /// Starts listening on every address. An address that cannot be bound
+    /// (e.g. vsock without a loaded transport) is logged and skipped; only
+    /// when none can be bound is it an error.
+    pub async fn bind(addrs: &[Endpoint], config: IngestConfig) -> Result<Self, IngestError> {
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let stop = CancellationToken::new();
+        let bound = listen::start_all(addrs, config, tx, stop.clone()).await?;
+        Ok(Self { rx, bound, stop })
+    }
+
+    /// The addresses actually listened on (with the ports the kernel chose).
+    pub fn local_addrs(&self) -> &[SockAddr] {
+        &self.bound
+    }
+
+    /// The next item from any connection; `None` once stopped.
+    pub async fn next_item(&mut self) -> Option<IngestItem> {
+        self.rx.recv().await
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn shutdown(&mut self) {
+        self.stop.cancel();
+        self.rx.close();
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl futures::Stream for Ingest {
+    type Item = IngestItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<IngestItem>> {
+        self.rx.poll_recv(cx)
+    }
+}

@@ -1,0 +1,330 @@
+//! The real agent on this machine's real tracefs, delivering to an
+//! in-process ingest over TCP: exact counts, field values and per-CPU
+//! timestamp order.
+
+mod common;
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tokio::sync::oneshot;
+use tsc_userspace::{
+    agent::{Agent, AgentConfig, AgentReport},
+    ingest::{Ingest, IngestConfig, IngestItem, SockAddr},
+    tracefs::Value,
+    wire::Endpoint,
+};
+
+const MARKERS: usize = 3000;
+const EXECS: usize = 20;
+
+async fn ingest() -> (Ingest, Endpoint) {
+    let listen: Endpoint = "tcp:127.0.0.1:0".parse().unwrap();
+    let ingest = Ingest::bind(&[listen], IngestConfig::default())
+        .await
+        .unwrap();
+    let SockAddr::Tcp(addr) = ingest.local_addrs()[0] else {
+        panic!("not tcp")
+    };
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+    };
+    (ingest, endpoint)
+}
+
+fn true_path() -> PathBuf {
+    ["/usr/bin/true", "/bin/true"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("a `true` binary")
+}
+
+/// Runs `true` `EXECS` times; returns the children's pids.
+fn exec_children() -> HashSet<i32> {
+    (0..EXECS)
+        .map(|_| {
+            let mut child = Command::new(true_path()).spawn().unwrap();
+            let pid = child.id() as i32;
+            assert!(child.wait().unwrap().success());
+            pid
+        })
+        .collect()
+}
+
+/// Exactly one exec event per child, with the right pid and file name.
+fn check_execs(c: &Collected, children: &HashSet<i32>) {
+    let exe = true_path().to_string_lossy().into_owned();
+    let ours: Vec<_> = c.execs.iter().filter(|e| children.contains(&e.0)).collect();
+    assert_eq!(ours.len(), EXECS, "one exec event per child: {ours:?}");
+    let pids: HashSet<i32> = ours.iter().map(|e| e.0).collect();
+    assert_eq!(&pids, children);
+    for (pid, common_pid, name) in ours {
+        assert_eq!(*common_pid, Some(*pid), "common_pid is the execing child");
+        assert_eq!(name, &exe);
+    }
+}
+
+#[derive(Default)]
+struct Collected {
+    markers: Vec<usize>,
+    /// (pid, common_pid, filename) of every exec seen.
+    execs: Vec<(i32, Option<i32>, String)>,
+    /// Last timestamp seen per CPU, and whether any went backwards.
+    last_tsc: HashMap<u32, u64>,
+    backwards: Vec<(u32, u64, u64)>,
+    events: usize,
+    bye: Option<String>,
+}
+
+fn collect(c: &mut Collected, item: &IngestItem) {
+    match item {
+        IngestItem::Events(page) => {
+            for ev in page.events() {
+                c.events += 1;
+                let last = c.last_tsc.entry(ev.cpu).or_insert(0);
+                if ev.tsc < *last {
+                    c.backwards.push((ev.cpu, *last, ev.tsc));
+                }
+                *last = ev.tsc;
+                let fields = ev.fields().expect("every event id is in the Hello");
+                match ev.name() {
+                    Some(("ftrace", "print")) => {
+                        let buf = fields.get("buf").unwrap().unwrap();
+                        let text = buf.as_str_lossy().unwrap();
+                        if let Some(n) = text.trim_end().strip_prefix("tsc-agent-test ") {
+                            c.markers.push(n.parse().unwrap());
+                        }
+                    }
+                    Some(("sched", "sched_process_exec")) => {
+                        let pid = fields.get("pid").unwrap().unwrap().as_i64().unwrap() as i32;
+                        let Some(Ok(Value::Str(name))) = fields.get("filename") else {
+                            panic!("filename is a string");
+                        };
+                        let name = String::from_utf8_lossy(name).into_owned();
+                        c.execs.push((pid, ev.pid, name));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        IngestItem::BadPage { error, .. } => panic!("bad page: {error}"),
+        IngestItem::Closed { outcome, .. } => {
+            c.bye = Some(outcome.as_ref().map_err(|e| e.to_string()).unwrap().clone());
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_delivers_a_known_workload_decoded() {
+    if !common::privileged("the_agent_delivers_a_known_workload_decoded") {
+        return;
+    }
+    let (mut ingest, endpoint) = ingest().await;
+    let config = AgentConfig {
+        events: vec!["sched:sched_process_exec".parse().unwrap()],
+        retry: 0,
+        flush: Duration::from_millis(100),
+        keepalive: Duration::from_millis(200),
+        buffer_size_kb: Some(4096),
+        ..AgentConfig::new(endpoint)
+    };
+    let agent = Agent::start(config).unwrap();
+    let instance_dir = agent.instance().path().to_owned();
+    let mut marker = agent.instance().trace_marker().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+
+    let workload = tokio::task::spawn_blocking(move || {
+        for n in 0..MARKERS {
+            marker.write_marker(&format!("tsc-agent-test {n}")).unwrap();
+        }
+        exec_children()
+    });
+    let mut c = Collected::default();
+    let mut infos = Vec::new();
+    let mut samples = 0;
+    let children = loop {
+        let item = tokio::time::timeout(Duration::from_secs(20), ingest.next_item())
+            .await
+            .unwrap()
+            .unwrap();
+        if let IngestItem::Connected(info) = &item {
+            infos.push(info.clone());
+        }
+        collect(&mut c, &item);
+        if workload.is_finished() {
+            break workload.await.unwrap();
+        }
+    };
+    // Let a keep-alive or two go by, then stop: the rest comes by the flush.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    while c.bye.is_none() {
+        let item = tokio::time::timeout(Duration::from_secs(20), ingest.next_item())
+            .await
+            .unwrap()
+            .unwrap();
+        samples += matches!(item, IngestItem::TscSample { .. }) as usize;
+        collect(&mut c, &item);
+    }
+    let report: AgentReport = run.await.unwrap().unwrap();
+
+    assert_eq!(c.bye.as_deref(), Some("agent stopping"));
+    assert_eq!(report.sessions, 1);
+    assert!(report.pages > 0);
+    assert!(
+        c.backwards.is_empty(),
+        "timestamps went back: {:?}",
+        c.backwards
+    );
+    let markers: BTreeSet<usize> = c.markers.iter().copied().collect();
+    assert_eq!(c.markers.len(), MARKERS, "each marker exactly once");
+    assert_eq!(markers, (0..MARKERS).collect(), "every marker arrives");
+    check_execs(&c, &children);
+    assert!(samples >= 1, "keep-alives carry TSC samples");
+
+    let info = &infos[0];
+    assert_eq!(info.hello.trace_clock, "x86-tsc");
+    let online = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(info.hello.cpus.len(), online);
+    assert!(!info.hello.samples.is_empty());
+    assert!(info.host_tsc_at_hello >= info.hello.samples[0].tsc_after);
+    assert!(!instance_dir.exists(), "the agent removed its instance");
+}
+
+#[test]
+fn the_binary_stops_cleanly_on_sigterm() {
+    if !common::privileged("the_binary_stops_cleanly_on_sigterm") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut ingest, endpoint) = ingest().await;
+        let mut agent = Command::new(env!("CARGO_BIN_EXE_tsc-tracer"))
+            .args(["agent", "--connect", &endpoint.to_string(), "--events"])
+            .arg("sched:sched_process_exec")
+            .args(["--name", "sigterm-test", "--retry", "0"])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let item = tokio::time::timeout(Duration::from_secs(20), ingest.next_item())
+            .await
+            .unwrap()
+            .unwrap();
+        let IngestItem::Connected(info) = item else {
+            panic!("{item:?}")
+        };
+        assert_eq!(info.hello.agent_name, "sigterm-test");
+        let children = tokio::task::spawn_blocking(exec_children).await.unwrap();
+        let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let mut c = Collected::default();
+        while c.bye.is_none() {
+            let item = tokio::time::timeout(Duration::from_secs(20), ingest.next_item())
+                .await
+                .unwrap()
+                .unwrap();
+            collect(&mut c, &item);
+        }
+        let status = tokio::task::spawn_blocking(move || agent.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+        // The flush on SIGTERM delivers everything.
+        check_execs(&c, &children);
+        let prefix = format!("tsc-agent-{}-", pid.as_raw());
+        let left: Vec<_> = std::fs::read_dir("/sys/kernel/tracing/instances")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .collect();
+        assert!(left.is_empty(), "instance left behind: {left:?}");
+    });
+}
+
+#[test]
+fn retry_zero_fails_at_once_with_a_clear_message() {
+    if !common::privileged("retry_zero_fails_at_once_with_a_clear_message") {
+        return;
+    }
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_tsc-tracer"))
+        .args([
+            "agent",
+            "--connect",
+            &format!("tcp:127.0.0.1:{port}"),
+            "--retry",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connection refused by tcp:127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+async fn next(ingest: &mut Ingest) -> IngestItem {
+    tokio::time::timeout(Duration::from_secs(20), ingest.next_item())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reconnects_when_the_host_goes_away() {
+    if !common::privileged("the_agent_reconnects_when_the_host_goes_away") {
+        return;
+    }
+    let (mut first, endpoint) = ingest().await;
+    let config = AgentConfig {
+        events: vec!["sched:sched_process_exec".parse().unwrap()],
+        retry: 3,
+        flush: Duration::from_millis(50),
+        ..AgentConfig::new(endpoint.clone())
+    };
+    let agent = Agent::start(config).unwrap();
+    let mut marker = agent.instance().trace_marker().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    assert!(matches!(next(&mut first).await, IngestItem::Connected(_)));
+    // The host goes away; a new one comes up on the same port.
+    drop(first);
+    let mut second = Ingest::bind(&[endpoint], IngestConfig::default())
+        .await
+        .unwrap();
+    let item = next(&mut second).await;
+    assert!(matches!(item, IngestItem::Connected(_)), "{item:?}");
+    marker.write_marker("tsc-agent-test 7").unwrap();
+    let mut c = Collected::default();
+    while c.markers.is_empty() {
+        let item = next(&mut second).await;
+        collect(&mut c, &item);
+    }
+    assert_eq!(c.markers, vec![7]);
+    stop.send(()).unwrap();
+    while c.bye.is_none() {
+        let item = next(&mut second).await;
+        collect(&mut c, &item);
+    }
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.sessions, 2);
+}
