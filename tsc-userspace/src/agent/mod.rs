@@ -8,7 +8,7 @@
 //! Bye and removes the instance.
 
 mod hello;
-mod pages;
+pub mod pages;
 mod ship;
 pub mod sysinfo;
 pub mod transport;

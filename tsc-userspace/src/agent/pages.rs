@@ -21,7 +21,7 @@ use crate::{
 const FLUSH_BATCH: usize = 64;
 
 /// The per-CPU reader tasks.
-pub(super) struct Readers {
+pub struct Readers {
     tasks: JoinSet<Result<(), TracefsError>>,
     stop: CancellationToken,
 }
@@ -29,7 +29,7 @@ pub(super) struct Readers {
 impl Readers {
     /// Starts a reader per pipe, each flushing partly filled pages every
     /// `flush` so quiet CPUs are not held back.
-    pub(super) fn start(pipes: Vec<AsyncRawPipe>, tx: mpsc::Sender<Page>, flush: Duration) -> Self {
+    pub fn start(pipes: Vec<AsyncRawPipe>, tx: mpsc::Sender<Page>, flush: Duration) -> Self {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         for pipe in pipes {
@@ -39,12 +39,12 @@ impl Readers {
     }
 
     /// Tells every reader to drain its CPU and finish.
-    pub(super) fn stop(&self) {
+    pub fn stop(&self) {
         self.stop.cancel();
     }
 
     /// Waits for the readers to finish; logs their errors.
-    pub(super) async fn join(mut self) {
+    pub async fn join(mut self) {
         while let Some(result) = self.tasks.join_next().await {
             match result {
                 Ok(Ok(())) => {}

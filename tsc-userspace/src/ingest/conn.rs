@@ -95,6 +95,15 @@ where
     let guest = check_hello(&hello, ctx.config.max_body)
         .and_then(|()| GuestFormats::from_hello(&hello))
         .map_err(ConnError::Refused)?;
+    if let Some(admit) = &ctx.config.admit {
+        let admission = super::Admission {
+            id: ctx.id,
+            peer: ctx.peer,
+            hello: &hello,
+            host_tsc_at_hello,
+        };
+        (admit.0)(&admission).map_err(ConnError::Refused)?;
+    }
     let guest = Arc::new(guest);
     let ack = HelloAck {
         connection_id: ctx.id,

@@ -134,6 +134,12 @@ impl EventPage {
         })
     }
 
+    /// The page as received: events' `data` borrow from it, so
+    /// `Bytes::slice_ref` keeps one alive without a copy.
+    pub fn bytes(&self) -> &Bytes {
+        &self.data
+    }
+
     /// The connection's formats.
     pub fn guest(&self) -> &GuestFormats {
         &self.guest

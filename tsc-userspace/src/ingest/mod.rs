@@ -29,7 +29,9 @@ pub use error::{ConnError, IngestError};
 pub use item::{ConnId, ConnectionInfo, IngestItem};
 pub use peer::SockAddr;
 
-use crate::wire::{DEFAULT_MAX_BODY, Endpoint};
+use std::sync::Arc;
+
+use crate::wire::{DEFAULT_MAX_BODY, Endpoint, Hello};
 
 /// How the ingest treats its peers.
 #[derive(Clone, Debug)]
@@ -44,6 +46,32 @@ pub struct IngestConfig {
     pub queue_depth: usize,
     /// Decode pages into events; when false, yield raw pages.
     pub decode_pages: bool,
+    /// Decides, after a valid Hello, whether the agent is accepted; a
+    /// refusal is sent to the agent as a Reject with its reason.
+    pub admit: Option<Admit>,
+}
+
+/// What an admission decision sees.
+#[derive(Debug)]
+pub struct Admission<'a> {
+    /// The connection's id.
+    pub id: ConnId,
+    /// Where it comes from (a vsock peer's CID names its VM).
+    pub peer: SockAddr,
+    /// Everything the agent said about itself.
+    pub hello: &'a Hello,
+    /// Host TSC when the Hello was decoded.
+    pub host_tsc_at_hello: u64,
+}
+
+/// An admission decision: `Err(reason)` refuses the agent.
+#[derive(Clone)]
+pub struct Admit(pub Arc<dyn Fn(&Admission<'_>) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit(..)")
+    }
 }
 
 impl Default for IngestConfig {
@@ -54,6 +82,7 @@ impl Default for IngestConfig {
             idle_timeout: Duration::from_secs(30),
             queue_depth: 1024,
             decode_pages: true,
+            admit: None,
         }
     }
 }
