@@ -6,3 +6,4 @@
 
 pub mod record;
 pub mod tsc;
+pub mod vcpu_state;

@@ -29,8 +29,11 @@ pub struct VcpuOffset {
 
 /// Kinds of ring-buffer records.
 pub mod kind {
-    /// `kvm:kvm_write_tsc_offset` fired.
+    /// `kvm:kvm_write_tsc_offset` fired: an [`OffsetRecord`](super::OffsetRecord).
     pub const WRITE_TSC_OFFSET: u32 = 1;
+    /// A vCPU entered the guest for the first time after an offset change, or
+    /// for the first time we saw: an [`EntryRecord`](super::EntryRecord).
+    pub const ENTRY_AFTER_CHANGE: u32 = 2;
 }
 
 /// One ring-buffer record: an offset change of one vCPU.
@@ -53,6 +56,81 @@ pub struct OffsetRecord {
     pub next: u64,
     /// CLOCK_MONOTONIC nanoseconds when the change was seen.
     pub ktime_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the vCPU's last guest exit before the
+    /// change (0: unknown, e.g. `kvm_exit` never fired for it).
+    pub last_exit_ns: u64,
+}
+
+/// Why an [`EntryRecord`] was pushed (bits; both may be set), see
+/// [`EntryRecord::reason`].
+pub mod entry_reason {
+    /// The vCPU was never seen entering before.
+    pub const FIRST_SEEN: u32 = 1;
+    /// The offset changed since the vCPU's last reported entry.
+    pub const AFTER_CHANGE: u32 = 2;
+}
+
+/// One ring-buffer record: a vCPU's first guest entry after an offset change
+/// (or the first one seen), with the TSC state read from `struct kvm_vcpu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryRecord {
+    /// Always [`kind::ENTRY_AFTER_CHANGE`].
+    pub kind: u32,
+    /// VMM process id (the vCPU thread's thread group).
+    pub tgid: u32,
+    /// The vCPU thread.
+    pub pid: u32,
+    /// KVM vCPU id, read from `kvm_vcpu.vcpu_id`.
+    pub vcpu_id: u32,
+    /// Sequence of the last offset change seen for the vCPU (0: none).
+    pub seq: u64,
+    /// The sequence reported at the vCPU's previous reported entry
+    /// ([`VcpuState::NEVER`](crate::vcpu_state::VcpuState::NEVER): none).
+    pub prev_reported: u64,
+    /// `kvm_vcpu.arch.l1_tsc_offset`: the offset the (L1) guest sees.
+    pub l1_tsc_offset: u64,
+    /// `kvm_vcpu.arch.l1_tsc_scaling_ratio`.
+    pub l1_tsc_scaling_ratio: u64,
+    /// `kvm_vcpu.arch.tsc_offset`: the offset in use (L2's when nested).
+    pub tsc_offset: u64,
+    /// `kvm_vcpu.arch.tsc_scaling_ratio`.
+    pub tsc_scaling_ratio: u64,
+    /// CLOCK_MONOTONIC ns of the vCPU's last exit before this entry (0: unknown).
+    pub last_exit_ns: u64,
+    /// CLOCK_MONOTONIC ns of this entry.
+    pub entry_ns: u64,
+}
+
+impl EntryRecord {
+    /// Why it was pushed: [`entry_reason`] bits.
+    pub const fn reason(&self) -> u32 {
+        crate::vcpu_state::entry_reason(self.seq, self.prev_reported)
+    }
+}
+
+/// Byte offsets the `kvm_entry`/`kvm_exit` programs read, resolved from the
+/// running kernel's BTF by userspace and handed in as a global (Rust eBPF
+/// has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvmVcpuLayout {
+    /// `kvm_vcpu.vcpu_id` (u32).
+    pub vcpu_id: u32,
+    /// `kvm_vcpu.arch.l1_tsc_offset` (u64), from the start of `kvm_vcpu`.
+    pub l1_tsc_offset: u32,
+    /// `kvm_vcpu.arch.tsc_offset` (u64).
+    pub tsc_offset: u32,
+    /// `kvm_vcpu.arch.l1_tsc_scaling_ratio` (u64).
+    pub l1_tsc_scaling_ratio: u32,
+    /// `kvm_vcpu.arch.tsc_scaling_ratio` (u64).
+    pub tsc_scaling_ratio: u32,
+    /// Which argument of `kvm_entry` is the vCPU (0..=2).
+    pub entry_arg: u32,
+    /// Which argument of `kvm_exit` is the vCPU (0..=2).
+    pub exit_arg: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Indices into the per-CPU counters array.
@@ -61,10 +139,12 @@ pub mod counter {
     pub const EVENTS: u32 = 0;
     /// Records that could not be reserved in the ring buffer (it was full).
     pub const RINGBUF_FULL: u32 = 1;
-    /// Offsets-map updates that failed (map full).
+    /// Offsets-map or vCPU-state-map updates that failed (map full).
     pub const MAP_FULL: u32 = 2;
+    /// `kvm_entry`/`kvm_exit` invocations whose vCPU struct could not be read.
+    pub const READ_FAILED: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Field offsets of the `kvm_write_tsc_offset` tracepoint record, read from
@@ -95,8 +175,11 @@ impl WriteTscOffsetLayout {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C) with only integer fields and no implicit padding.
+    // SAFETY: all are repr(C) with only integer fields and no implicit padding.
     unsafe impl aya::Pod for super::VcpuKey {}
+    unsafe impl aya::Pod for super::EntryRecord {}
+    unsafe impl aya::Pod for super::KvmVcpuLayout {}
+    unsafe impl aya::Pod for crate::vcpu_state::VcpuState {}
     unsafe impl aya::Pod for super::VcpuOffset {}
     unsafe impl aya::Pod for super::OffsetRecord {}
     unsafe impl aya::Pod for super::WriteTscOffsetLayout {}

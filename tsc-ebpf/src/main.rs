@@ -2,10 +2,17 @@
 //!
 //! `kvm_write_tsc_offset` keeps the always-current offsets map (the source of
 //! truth, right even when the ring buffer overflows) and pushes one change
-//! record per call. It is the only producer of records today; the BTF
-//! `kvm_entry`/`kvm_exit` programs of the design come on top of the same maps.
+//! record per call. The BTF tracepoint programs on `kvm_exit` and `kvm_entry`
+//! keep a small per-vCPU state (last exit time, change sequence) and push one
+//! entry record on the first entry after a change, or for a vCPU never seen,
+//! with the offset and ratio read from `struct kvm_vcpu`. Their common path is
+//! one struct read and one map lookup; they log nothing (aya-log would cost
+//! thousands of verified instructions), counters say what went wrong. Every
+//! decision they take is in `tsc_common::vcpu_state`, tested on the host.
 #![no_std]
 #![no_main]
+
+mod vcpu;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -15,7 +22,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
-use tsc_common::record::{OffsetRecord, VcpuKey, VcpuOffset, WriteTscOffsetLayout, counter, kind};
+use tsc_common::{
+    record::{OffsetRecord, VcpuKey, VcpuOffset, WriteTscOffsetLayout, counter, kind},
+    vcpu_state::VcpuState,
+};
 
 /// Tracepoint field offsets, overridden by userspace from the event's
 /// `format` file so a kernel that moves a field does not silently break us.
@@ -26,7 +36,12 @@ static WRITE_TSC_OFFSET_LAYOUT: WriteTscOffsetLayout = WriteTscOffsetLayout::DEF
 #[map]
 static OFFSETS: HashMap<VcpuKey, VcpuOffset> = HashMap::with_max_entries(16384, 0);
 
-/// Offset-change records for userspace. Userspace sizes it.
+/// `(VMM tgid, vcpu_id)` -> what the entry/exit programs remember. Shares
+/// the offsets map's capacity; userspace sizes it.
+#[map]
+static VCPU_STATE: HashMap<VcpuKey, VcpuState> = HashMap::with_max_entries(16384, 0);
+
+/// Offset-change and entry records for userspace. Userspace sizes it.
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -76,6 +91,7 @@ fn try_write_tsc_offset(ctx: &TracePointContext) -> Result<(), i32> {
             "offsets map full: vcpu {} of tgid {} not tracked", vcpu_id, key.tgid
         );
     }
+    let last_exit_ns = note_change(&key, seq);
     push(OffsetRecord {
         kind: kind::WRITE_TSC_OFFSET,
         tgid: key.tgid,
@@ -85,13 +101,33 @@ fn try_write_tsc_offset(ctx: &TracePointContext) -> Result<(), i32> {
         prev,
         next,
         ktime_ns,
+        last_exit_ns,
     });
     Ok(())
 }
 
+/// Tells the entry program a change is pending; returns the vCPU's last
+/// exit time (0: unknown), which ends the epoch the change closes.
+fn note_change(key: &VcpuKey, seq: u64) -> u64 {
+    match VCPU_STATE.get_ptr_mut(key) {
+        // SAFETY: a map value pointer; KVM serialises a vCPU's offset writes
+        // with its runs (vcpu->mutex), and a lost race is re-reported anyway.
+        Some(state) => unsafe {
+            (*state).on_change(seq);
+            (*state).last_exit_ns
+        },
+        None => {
+            if VCPU_STATE.insert(key, VcpuState::changed(seq), 0).is_err() {
+                bump(counter::MAP_FULL);
+            }
+            0
+        }
+    }
+}
+
 /// Pushes a record, counting it when the ring buffer is full.
-fn push(record: OffsetRecord) {
-    match RECORDS.reserve::<OffsetRecord>(0) {
+fn push<T: 'static>(record: T) {
+    match RECORDS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
             entry.submit(0);

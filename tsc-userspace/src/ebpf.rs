@@ -3,7 +3,11 @@
 //! The object is built by this crate's build script and embedded in the
 //! binary. Tracepoint field offsets are read from the running kernel's
 //! tracefs `format` file and handed to the program as a global, so a kernel
-//! that moves a field does not silently feed us garbage.
+//! that moves a field does not silently feed us garbage; the `struct
+//! kvm_vcpu` offsets the `kvm_entry`/`kvm_exit` programs read come from BTF
+//! ([`vcpu`]).
+
+pub mod vcpu;
 
 use std::{
     fs, io,
@@ -15,7 +19,11 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tsc_common::record::{VcpuKey, VcpuOffset, WriteTscOffsetLayout, counter};
+use tsc_common::{
+    record::{KvmVcpuLayout, VcpuKey, VcpuOffset, WriteTscOffsetLayout, counter},
+    vcpu_state::VcpuState,
+};
+pub use vcpu::{VcpuPrograms, VcpuStatus, VcpuTracepoints};
 
 /// The eBPF object built from `tsc-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tsc-ebpf"));
@@ -64,6 +72,31 @@ pub enum LoadError {
     /// A map is missing from the object.
     #[error("the eBPF object has no map {0}")]
     NoMap(&'static str),
+    /// The running kernel's BTF does not describe what the vCPU programs read
+    /// (the error names the missing type or field).
+    #[error("kvm_entry/kvm_exit programs: {0}")]
+    Btf(#[source] crate::btf::BtfError),
+    /// aya could not read the kernel's BTF to load the BTF tracepoint programs.
+    #[error("reading the kernel BTF for kvm_entry/kvm_exit: {0}")]
+    KernelBtf(#[source] aya::BtfError),
+    /// A tracepoint's vCPU argument is at an index the programs do not read.
+    #[error("{what}'s vCPU is argument {index}; the programs read arguments 0 to 2 only")]
+    VcpuArg {
+        /// The tracepoint.
+        what: &'static str,
+        /// Its vCPU argument index.
+        index: usize,
+    },
+    /// A `kvm_entry`/`kvm_exit` program failed to load or attach.
+    #[error("{what} the {name} BTF tracepoint program: {source}")]
+    VcpuProgram {
+        /// What was being done.
+        what: &'static str,
+        /// Which program.
+        name: &'static str,
+        /// The underlying error.
+        source: aya::programs::ProgramError,
+    },
     /// Pinning the offsets map failed.
     #[error("pinning the offsets map at {path}: {source}")]
     Pin {
@@ -85,6 +118,10 @@ pub struct LoadOptions {
     pub ringbuf_bytes: u32,
     /// Capacity of the offsets map, in vCPUs.
     pub max_vcpus: u32,
+    /// Whether to load the `kvm_entry`/`kvm_exit` programs.
+    pub vcpu_programs: VcpuPrograms,
+    /// Where they attach.
+    pub vcpu_tracepoints: VcpuTracepoints,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +131,8 @@ impl Default for LoadOptions {
             pin_path: Some(PathBuf::from(DEFAULT_PIN_PATH)),
             ringbuf_bytes: 256 * 1024,
             max_vcpus: 16384,
+            vcpu_programs: VcpuPrograms::Auto,
+            vcpu_tracepoints: VcpuTracepoints::default(),
         }
     }
 }
@@ -105,8 +144,10 @@ pub struct Counters {
     pub events: u64,
     /// Records lost because the ring buffer was full.
     pub ringbuf_full: u64,
-    /// Offsets-map updates that failed (map full).
+    /// Offsets-map or vCPU-state-map updates that failed (map full).
     pub map_full: u64,
+    /// `kvm_entry`/`kvm_exit` calls whose vCPU struct could not be read.
+    pub read_failed: u64,
 }
 
 /// aya-log's reader; flushing it forwards the programs' log records to `tracing`.
@@ -120,17 +161,37 @@ pub struct Programs {
     /// The always-current offsets map.
     pub offsets: HashMap<MapData, VcpuKey, VcpuOffset>,
     counters: PerCpuArray<MapData, u64>,
+    vcpu_state: HashMap<MapData, VcpuKey, VcpuState>,
+    vcpu_status: VcpuStatus,
     logger: Option<Logger>,
     pin: Option<PinGuard>,
 }
 
 impl Programs {
-    /// Loads the object, attaches `kvm:kvm_write_tsc_offset`, pins the map.
+    /// Loads the object, attaches `kvm:kvm_write_tsc_offset` and (see
+    /// [`LoadOptions::vcpu_programs`]) `kvm_entry`/`kvm_exit`, pins the map.
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
         let layout = write_tsc_offset_layout(&options.tracefs)?;
+        let mut vcpu_status = VcpuStatus::Off;
+        let vcpu_layout = match options.vcpu_programs {
+            VcpuPrograms::Off => KvmVcpuLayout::default(),
+            wanted => match vcpu::resolve(&options.vcpu_tracepoints) {
+                Ok((kvm, global)) => {
+                    vcpu_status = VcpuStatus::Attached(kvm);
+                    global
+                }
+                Err(err) if wanted == VcpuPrograms::Required => return Err(err),
+                Err(err) => {
+                    vcpu_status = unavailable(&err);
+                    KvmVcpuLayout::default()
+                }
+            },
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("WRITE_TSC_OFFSET_LAYOUT", &layout, true)
+            .override_global("KVM_VCPU_LAYOUT", &vcpu_layout, true)
             .map_max_entries("OFFSETS", options.max_vcpus)
+            .map_max_entries("VCPU_STATE", options.max_vcpus)
             .map_max_entries("RECORDS", options.ringbuf_bytes)
             .load(OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -147,6 +208,14 @@ impl Programs {
             "kvm",
             "kvm_write_tsc_offset",
         )?;
+        if matches!(vcpu_status, VcpuStatus::Attached(_))
+            && let Err(err) = vcpu::attach(&mut ebpf, &options.vcpu_tracepoints)
+        {
+            if options.vcpu_programs == VcpuPrograms::Required {
+                return Err(err);
+            }
+            vcpu_status = unavailable(&err);
+        }
         let records =
             RingBuf::try_from(take(&mut ebpf, "RECORDS")?).map_err(|source| LoadError::Map {
                 name: "RECORDS",
@@ -167,14 +236,45 @@ impl Programs {
                 source,
             }
         })?;
+        let vcpu_state =
+            HashMap::try_from(take(&mut ebpf, "VCPU_STATE")?).map_err(|source| LoadError::Map {
+                name: "VCPU_STATE",
+                source,
+            })?;
         Ok(Self {
             ebpf,
             records: Some(records),
             offsets,
             counters,
+            vcpu_state,
+            vcpu_status,
             logger,
             pin,
         })
+    }
+
+    /// What the `kvm_entry`/`kvm_exit` programs hold for a vCPU (None: the
+    /// vCPU was neither changed, nor seen exiting or entering).
+    pub fn vcpu_state(&self, key: VcpuKey) -> Option<VcpuState> {
+        self.vcpu_state.get(&key, 0).ok()
+    }
+
+    /// Whether `kvm_entry`/`kvm_exit` are attached, and with what layout.
+    pub fn vcpu_status(&self) -> &VcpuStatus {
+        &self.vcpu_status
+    }
+
+    /// Kernel facts about one loaded program (`kvm_write_tsc_offset`,
+    /// `kvm_entry`, `kvm_exit`): verified instruction count, and run count
+    /// and time when `aya::sys::enable_stats` is on.
+    pub fn program_info(
+        &self,
+        name: &str,
+    ) -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
+        self.ebpf
+            .program(name)
+            .ok_or(aya::programs::ProgramError::NotLoaded)?
+            .info()
     }
 
     /// Sums the per-CPU counters.
@@ -186,6 +286,7 @@ impl Programs {
             events: sum(counter::EVENTS)?,
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             map_full: sum(counter::MAP_FULL)?,
+            read_failed: sum(counter::READ_FAILED)?,
         })
     }
 
@@ -225,6 +326,15 @@ impl Programs {
             // process sharing the pin might.
             let _ = self.offsets.remove(&key);
         }
+        let keys: Vec<VcpuKey> = self
+            .vcpu_state
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in keys {
+            let _ = self.vcpu_state.remove(&key);
+        }
     }
 
     /// Takes the offset-change ring buffer (once), to poll it.
@@ -241,6 +351,15 @@ impl Programs {
     pub fn pin_path(&self) -> Option<&Path> {
         self.pin.as_ref().map(|p| p.path.as_path())
     }
+}
+
+/// Says why the vCPU programs are not used, and goes on without them.
+fn unavailable(err: &LoadError) -> VcpuStatus {
+    tracing::warn!(
+        "{err}; going on without them: offset changes are still followed, \
+         but epoch boundaries fall at the change, not at the vCPU's exit and entry"
+    );
+    VcpuStatus::Unavailable(err.to_string())
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {

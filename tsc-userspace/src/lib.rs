@@ -4,6 +4,8 @@
 //! per-VM, per-vCPU offset table they feed. [`kvm`] and [`process`] read
 //! what the kernel exposes about VMs (debugfs, procfs). [`tracefs`] makes
 //! private trace instances and decodes their ring-buffer pages.
+//! [`timeline`] keeps each vCPU's offset epochs and places guest timestamps
+//! in them; [`clock`] converts host TSC to CLOCK_MONOTONIC nanoseconds.
 //!
 //! Guest to host: [`agent`] runs in a guest and streams its raw trace pages
 //! over the [`wire`] protocol (`docs/PROTOCOL.md`); [`ingest`] accepts
@@ -11,11 +13,14 @@
 
 pub mod agent;
 pub mod btf;
+pub mod clock;
+pub mod doctor;
 pub mod ebpf;
 pub mod ingest;
 pub mod kvm;
 pub mod offsets;
 pub mod process;
+pub mod timeline;
 pub mod tracefs;
 pub mod vmm;
 pub mod wire;

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per sub-command.
 
+mod doctor;
 mod agent;
 mod offsets;
 mod vmm;
@@ -34,6 +35,9 @@ enum Command {
     Agent(agent::Args),
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
+    /// Check what this host allows (privileges, mounts, KVM, TSC) and how
+    /// its KVM behaves, with a fix for each problem.
+    Doctor(doctor::Args),
     /// A scriptable toy VMM for tests and demos (commands on stdin).
     #[command(hide = true)]
     Vmm(vmm::Args),
@@ -46,6 +50,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Offsets(args) => offsets::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Vmm(args) => vmm::run(args),
     };
     match result {

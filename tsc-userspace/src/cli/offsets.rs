@@ -148,6 +148,7 @@ fn text(e: &OffsetEvent) -> String {
         EventKind::Change => "change",
         EventKind::VcpuAdded => "added",
         EventKind::VmExit => "exit",
+        EventKind::Entry => "entry",
     };
     let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
     let scaling = match (e.ratio, e.frac_bits) {

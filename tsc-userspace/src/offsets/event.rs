@@ -16,6 +16,10 @@ pub enum EventKind {
     VcpuAdded,
     /// A VM's process exited; its rows are gone.
     VmExit,
+    /// A known vCPU entered the guest for the first time after a change (or
+    /// for the first time seen): its offset as the vCPU holds it, and where
+    /// the new epoch starts (`kvm_entry`, BTF).
+    Entry,
 }
 
 /// One event, flat, as printed in JSON (one object per line).
@@ -47,9 +51,24 @@ pub struct OffsetEvent {
     pub prev: Option<i64>,
     /// Changes this session has seen for the vCPU.
     pub changes: Option<u64>,
+    /// CLOCK_MONOTONIC ns where the epoch this event starts begins: the
+    /// change, or the vCPU's first entry after it when `kvm_entry` is followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch_start_ns: Option<u64>,
+    /// CLOCK_MONOTONIC ns where the previous epoch ended: the vCPU's last
+    /// exit before the change when `kvm_exit` is followed, else the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_epoch_end_ns: Option<u64>,
 }
 
 impl OffsetEvent {
+    /// The same event, placed on the vCPU's epoch boundaries.
+    pub fn with_edge(mut self, edge: &super::boundary::Edge) -> Self {
+        self.epoch_start_ns = Some(edge.new_start_ns);
+        self.prev_epoch_end_ns = edge.old_end_ns;
+        self
+    }
+
     pub(super) fn of(event: EventKind, vm: &VmEntry, vcpu_id: u32) -> Self {
         let v = &vm.vcpus[&vcpu_id];
         Self {
@@ -66,6 +85,8 @@ impl OffsetEvent {
             seq: Some(v.seq),
             prev: v.history.back().map(|c| c.prev),
             changes: Some(v.changes),
+            epoch_start_ns: None,
+            prev_epoch_end_ns: None,
         }
     }
 
@@ -84,6 +105,8 @@ impl OffsetEvent {
             seq: None,
             prev: None,
             changes: None,
+            epoch_start_ns: None,
+            prev_epoch_end_ns: None,
         }
     }
 }

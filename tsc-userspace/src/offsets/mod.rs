@@ -5,6 +5,7 @@
 //! read-backs and process exits, and turns every change into an
 //! [`OffsetEvent`].
 
+pub mod boundary;
 mod event;
 pub mod monitor;
 
@@ -26,6 +27,9 @@ pub enum Source {
     Debugfs,
     /// The kernel offsets map, re-read after the ring buffer overflowed.
     Map,
+    /// `struct kvm_vcpu` itself, read by the `kvm_entry` program (BTF
+    /// offsets): a vCPU discovered running, or its offset after a change.
+    Btf,
 }
 
 /// One change of one vCPU's offset, as kept in its bounded history.
@@ -236,6 +240,38 @@ impl OffsetMap {
             return true;
         }
         false
+    }
+
+    /// A vCPU's first guest entry after a change (or first seen), holding
+    /// `effective` (read from `struct kvm_vcpu`). A vCPU not known yet is
+    /// discovered (`vcpu-added`, source btf); a known one gets the effective
+    /// offset (`entry`). The flag is true the first time the VM shows an
+    /// offset that was not applied, so the caller warns once per VM.
+    pub fn entered(
+        &mut self,
+        pid: u32,
+        vcpu_id: u32,
+        effective: i64,
+        scaling: Option<Scaling>,
+    ) -> Option<(OffsetEvent, bool)> {
+        let vm = self.vms.get_mut(&pid)?;
+        if vm.vcpus.contains_key(&vcpu_id) {
+            let warn = self.set_effective(pid, vcpu_id, effective, scaling);
+            let vm = self.vms.get(&pid)?;
+            return Some((OffsetEvent::of(EventKind::Entry, vm, vcpu_id), warn));
+        }
+        let entry = VcpuEntry {
+            vcpu_id,
+            offset: effective,
+            source: Source::Btf,
+            effective_offset: Some(effective),
+            scaling,
+            seq: 0,
+            changes: 0,
+            history: VecDeque::new(),
+        };
+        vm.vcpus.insert(vcpu_id, entry);
+        Some((OffsetEvent::of(EventKind::VcpuAdded, vm, vcpu_id), false))
     }
 
     /// Removes a VM whose process exited.

@@ -13,9 +13,12 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::Interest, io::unix::AsyncFd, sync::mpsc};
-use tsc_common::record::{OffsetRecord, VcpuKey, VcpuOffset, kind};
+use tsc_common::record::{EntryRecord, OffsetRecord, VcpuKey, VcpuOffset};
 
-use super::{Change, EventKind, OffsetEvent, OffsetMap, Source, Update};
+use super::{
+    Change, EventKind, OffsetEvent, OffsetMap, Source, Update,
+    boundary::{self, EdgeTracker, Record},
+};
 use crate::{
     ebpf::{Counters, LoadError, LoadOptions, Logger, Programs},
     kvm::{Debugfs, KvmError},
@@ -85,6 +88,10 @@ pub struct Monitor {
     exits_rx: mpsc::UnboundedReceiver<ProcessId>,
     queue: VecDeque<Pending>,
     ringbuf_full_seen: u64,
+    edges: EdgeTracker,
+    /// Fraction bits of the host's TSC scaling ratios, once debugfs showed
+    /// them (None: no scaling seen, ratios are taken as unity).
+    frac_bits: Option<u32>,
 }
 
 impl Monitor {
@@ -126,6 +133,8 @@ impl Monitor {
             exits_tx,
             exits_rx,
             queue: VecDeque::new(),
+            edges: EdgeTracker::default(),
+            frac_bits: None,
         };
         monitor.bootstrap(&pinned)?;
         Ok(monitor)
@@ -191,6 +200,7 @@ impl Monitor {
                 Err(e) => return Err(e.into()),
             };
             for v in vcpus {
+                self.frac_bits = self.frac_bits.or(v.scaling.map(|s| s.frac_bits));
                 self.map
                     .bootstrap_vcpu(process.pid, v.vcpu_id, v.tsc_offset, v.scaling);
                 let key = VcpuKey {
@@ -238,11 +248,15 @@ impl Monitor {
         Some(process)
     }
 
-    fn on_record(&mut self, record: &OffsetRecord) {
-        if record.kind != kind::WRITE_TSC_OFFSET {
-            tracing::debug!(kind = record.kind, "ignoring an unknown record kind");
-            return;
+    fn on_record(&mut self, record: &Record) {
+        let edge = self.edges.apply(record.key(), &record.boundary());
+        match record {
+            Record::Write(write) => self.on_write(write, &edge),
+            Record::Entry(entry) => self.on_entry(entry, &edge),
         }
+    }
+
+    fn on_write(&mut self, record: &OffsetRecord, edge: &boundary::Edge) {
         let change = Change {
             seq: record.seq,
             offset: record.next as i64,
@@ -250,21 +264,43 @@ impl Monitor {
             ktime_ns: record.ktime_ns,
             source: Source::Tracepoint,
         };
-        self.apply(record.tgid, record.vcpu_id, change);
+        self.apply(record.tgid, record.vcpu_id, change, Some(edge));
     }
 
-    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change) {
+    /// A first entry after a change (or first seen): the vCPU's own offset,
+    /// and the exact start of its epoch.
+    fn on_entry(&mut self, record: &EntryRecord, edge: &boundary::Edge) {
+        if self.track_vm(record.tgid).is_none() {
+            return; // the VMM is gone: its exit is or will be reported
+        }
+        let scaling = boundary::scaling(record.l1_tsc_scaling_ratio, self.frac_bits);
+        let effective = record.l1_tsc_offset as i64;
+        if let Some((event, warn)) =
+            self.map
+                .entered(record.tgid, record.vcpu_id, effective, scaling)
+        {
+            if warn {
+                warn_not_applied(&event, effective);
+            }
+            self.push_ready(event.with_edge(edge));
+        }
+    }
+
+    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change, edge: Option<&boundary::Edge>) {
         let gone = self.track_vm(pid).is_none();
         if gone {
             // The VMM exited before we could look at it: show the change
             // under an unknown identity, then its exit.
             self.map.ensure_vm(ProcessId { pid, start_time: 0 }, "?");
         }
-        if let Some(event) = self.map.apply(Update {
+        if let Some(mut event) = self.map.apply(Update {
             pid,
             vcpu_id,
             change,
         }) {
+            if let Some(edge) = edge {
+                event = event.with_edge(edge);
+            }
             self.queue.push_back(Pending {
                 event,
                 deadline: Instant::now() + READBACK_WAIT,
@@ -284,6 +320,7 @@ impl Monitor {
             && let Some(event) = self.map.remove_vm(process.pid)
         {
             self.programs.forget_tgid(process.pid);
+            self.edges.forget(process.pid);
             self.push_ready(event);
         }
     }
@@ -337,6 +374,7 @@ impl Monitor {
         if current() != event.seq {
             return true;
         }
+        self.frac_bits = self.frac_bits.or(state.scaling.map(|s| s.frac_bits));
         event.effective_offset = Some(state.tsc_offset);
         event.ratio = state.scaling.map(|s| s.ratio);
         event.frac_bits = state.scaling.map(|s| s.frac_bits);
@@ -371,7 +409,7 @@ impl Monitor {
             };
             let known = self.map.vcpu(key.tgid, key.vcpu_id).map_or(0, |v| v.seq);
             if value.seq > known {
-                self.apply(key.tgid, key.vcpu_id, change);
+                self.apply(key.tgid, key.vcpu_id, change, None);
             }
         }
         Ok(())
@@ -412,13 +450,13 @@ fn warn_not_applied(event: &OffsetEvent, effective: i64) {
     );
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<OffsetRecord> {
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Record> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        match parse_record(&item) {
+        match Record::parse(&item) {
             Some(record) => out.push(record),
             None => tracing::warn!(
-                "dropping a malformed {}-byte record from the ring buffer",
+                "dropping a malformed or unknown {}-byte record from the ring buffer",
                 item.len()
             ),
         }
@@ -426,14 +464,12 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<OffsetRecord> {
     out
 }
 
-/// Copies a record out of the ring buffer (its alignment is not guaranteed).
+/// Copies an offset-change record out of the ring buffer (see [`Record::parse`]).
 pub fn parse_record(bytes: &[u8]) -> Option<OffsetRecord> {
-    if bytes.len() != size_of::<OffsetRecord>() {
-        return None;
+    match Record::parse(bytes)? {
+        Record::Write(record) => Some(record),
+        Record::Entry(_) => None,
     }
-    // SAFETY: the size matches, OffsetRecord is plain old data, and
-    // read_unaligned makes no alignment assumption.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OffsetRecord>()) })
 }
 
 async fn logs_ready(logger: &mut Option<AsyncFd<Logger>>) {

@@ -177,3 +177,39 @@ fn json_names_match_the_documented_interface() {
         assert!(!v[key].is_null(), "{key} missing");
     }
 }
+
+#[test]
+fn entry_discovers_unknown_vcpus_and_corrects_known_ones() {
+    let mut map = OffsetMap::new(8);
+    map.ensure_vm(proc(10, 1), "qemu");
+    assert_eq!(map.entered(11, 0, 5, None), None, "unknown VM");
+    let (added, warn) = map.entered(10, 7, -300, None).unwrap();
+    assert_eq!(
+        (
+            added.event,
+            added.vcpu,
+            added.offset,
+            added.effective_offset,
+            added.source,
+            warn
+        ),
+        (
+            EventKind::VcpuAdded,
+            Some(7),
+            Some(-300),
+            Some(-300),
+            Some(Source::Btf),
+            false
+        )
+    );
+    map.apply(change(1, -1000, 0)).unwrap();
+    let (entry, warn) = map.entered(10, 0, 0, None).unwrap();
+    assert_eq!(
+        (entry.event, entry.offset, entry.effective_offset, warn),
+        (EventKind::Entry, Some(-1000), Some(0), true),
+        "the request stays, the struct's value is the effective one, and the VM is warned about once"
+    );
+    let (_, again) = map.entered(10, 0, 0, None).unwrap();
+    assert!(!again);
+    assert_eq!(map.vcpu(10, 0).unwrap().offset_in_force(), 0);
+}
