@@ -20,6 +20,13 @@ use tsc_userspace::{
 };
 
 const MARKERS: usize = 3000;
+
+/// These tests fork (children, the agent binary). A fork in one test's
+/// thread copies another test's open tracefs files into the child until it
+/// execs, and an instance cannot be removed (EBUSY) while any of its files
+/// is open anywhere: so they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const EXECS: usize = 20;
 
 async fn ingest() -> (Ingest, Endpoint) {
@@ -126,6 +133,7 @@ async fn the_agent_delivers_a_known_workload_decoded() {
     if !common::privileged("the_agent_delivers_a_known_workload_decoded") {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let (mut ingest, endpoint) = ingest().await;
     let config = AgentConfig {
         events: vec!["sched:sched_process_exec".parse().unwrap()],
@@ -206,6 +214,7 @@ fn the_binary_stops_cleanly_on_sigterm() {
     if !common::privileged("the_binary_stops_cleanly_on_sigterm") {
         return;
     }
+    let _serial = SERIAL.blocking_lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut ingest, endpoint) = ingest().await;
@@ -256,6 +265,7 @@ fn retry_zero_fails_at_once_with_a_clear_message() {
     if !common::privileged("retry_zero_fails_at_once_with_a_clear_message") {
         return;
     }
+    let _serial = SERIAL.blocking_lock();
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -287,17 +297,47 @@ async fn next(ingest: &mut Ingest) -> IngestItem {
         .unwrap()
 }
 
+/// A TCP relay to `to` whose current connection the test can cut while
+/// the relay keeps listening.
+async fn relay(to: Endpoint) -> (Endpoint, tokio::sync::mpsc::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, mut cuts) = tokio::sync::mpsc::channel::<()>(4);
+    let Endpoint::Tcp { port: to_port, .. } = to else {
+        panic!("tcp only")
+    };
+    tokio::spawn(async move {
+        loop {
+            let (mut agent, _) = listener.accept().await.unwrap();
+            let mut host = tokio::net::TcpStream::connect(("127.0.0.1", to_port))
+                .await
+                .unwrap();
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut agent, &mut host) => {}
+                _ = cuts.recv() => {}
+            }
+        }
+    });
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    (endpoint, cut)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_reconnects_when_the_host_goes_away() {
-    if !common::privileged("the_agent_reconnects_when_the_host_goes_away") {
+async fn the_agent_reconnects_when_the_connection_breaks() {
+    if !common::privileged("the_agent_reconnects_when_the_connection_breaks") {
         return;
     }
-    let (mut first, endpoint) = ingest().await;
+    let _serial = SERIAL.lock().await;
+    let (mut ingest, host) = ingest().await;
+    let (endpoint, cut) = relay(host).await;
     let config = AgentConfig {
         events: vec!["sched:sched_process_exec".parse().unwrap()],
         retry: 3,
         flush: Duration::from_millis(50),
-        ..AgentConfig::new(endpoint.clone())
+        ..AgentConfig::new(endpoint)
     };
     let agent = Agent::start(config).unwrap();
     let mut marker = agent.instance().trace_marker().unwrap();
@@ -305,24 +345,34 @@ async fn the_agent_reconnects_when_the_host_goes_away() {
     let run = tokio::spawn(agent.run(async {
         let _ = stopped.await;
     }));
-    assert!(matches!(next(&mut first).await, IngestItem::Connected(_)));
-    // The host goes away; a new one comes up on the same port.
-    drop(first);
-    let mut second = Ingest::bind(&[endpoint], IngestConfig::default())
-        .await
-        .unwrap();
-    let item = next(&mut second).await;
-    assert!(matches!(item, IngestItem::Connected(_)), "{item:?}");
-    marker.write_marker("tsc-agent-test 7").unwrap();
+    let IngestItem::Connected(first) = next(&mut ingest).await else {
+        panic!("no first connection")
+    };
+    // Cut only once the agent streams (it has the HelloAck).
+    marker.write_marker("tsc-agent-test 1").unwrap();
     let mut c = Collected::default();
     while c.markers.is_empty() {
-        let item = next(&mut second).await;
+        collect(&mut c, &next(&mut ingest).await);
+    }
+    cut.send(()).await.unwrap();
+    let IngestItem::Closed { conn, outcome, .. } = next(&mut ingest).await else {
+        panic!("the first connection does not close")
+    };
+    assert_eq!(conn, first.id);
+    assert!(outcome.is_err(), "cut, not a Bye");
+    let IngestItem::Connected(second) = next(&mut ingest).await else {
+        panic!("no reconnection")
+    };
+    assert_ne!(second.id, first.id);
+    marker.write_marker("tsc-agent-test 7").unwrap();
+    while c.markers.len() < 2 {
+        let item = next(&mut ingest).await;
         collect(&mut c, &item);
     }
-    assert_eq!(c.markers, vec![7]);
+    assert_eq!(c.markers, vec![1, 7]);
     stop.send(()).unwrap();
     while c.bye.is_none() {
-        let item = next(&mut second).await;
+        let item = next(&mut ingest).await;
         collect(&mut c, &item);
     }
     let report = run.await.unwrap().unwrap();

@@ -1,7 +1,7 @@
 //! Command-line interface: one module per sub-command.
 
-mod doctor;
 mod agent;
+mod doctor;
 mod offsets;
 mod vmm;
 

@@ -13,6 +13,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     sync::mpsc,
+    task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_vsock::{VsockAddr, VsockListener};
@@ -40,7 +41,7 @@ pub(super) async fn start_all(
     config: IngestConfig,
     tx: mpsc::Sender<IngestItem>,
     stop: CancellationToken,
-) -> Result<Vec<SockAddr>, IngestError> {
+) -> Result<Vec<(SockAddr, JoinHandle<()>)>, IngestError> {
     if addrs.is_empty() {
         return Err(IngestError::NoAddress);
     }
@@ -54,9 +55,9 @@ pub(super) async fn start_all(
     let mut failures = Vec::new();
     for addr in addrs {
         match start(addr, shared.clone()).await {
-            Ok(local) => {
+            Ok((local, task)) => {
                 info!("listening for agents on {local}");
-                bound.push(local);
+                bound.push((local, task));
             }
             Err(err) => {
                 error!("cannot listen on {addr}: {err}");
@@ -70,13 +71,12 @@ pub(super) async fn start_all(
     Ok(bound)
 }
 
-async fn start(addr: &Endpoint, shared: Shared) -> io::Result<SockAddr> {
+async fn start(addr: &Endpoint, shared: Shared) -> io::Result<(SockAddr, JoinHandle<()>)> {
     match addr {
         Endpoint::Tcp { host, port } => {
             let listener = TcpListener::bind((host.as_str(), *port)).await?;
             let local = SockAddr::Tcp(listener.local_addr()?);
-            tokio::spawn(accept_tcp(listener, shared));
-            Ok(local)
+            Ok((local, tokio::spawn(accept_tcp(listener, shared))))
         }
         Endpoint::Vsock { cid, port } => {
             let listener = VsockListener::bind(VsockAddr::new(*cid, *port)).map_err(|e| {
@@ -86,11 +86,11 @@ async fn start(addr: &Endpoint, shared: Shared) -> io::Result<SockAddr> {
                 )
             })?;
             let local = listener.local_addr()?;
-            tokio::spawn(accept_vsock(listener, shared));
-            Ok(SockAddr::Vsock {
+            let local = SockAddr::Vsock {
                 cid: local.cid(),
                 port: local.port(),
-            })
+            };
+            Ok((local, tokio::spawn(accept_vsock(listener, shared))))
         }
     }
 }

@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 pub use decode::{Cmdlines, EventPage, GuestEvent, GuestFormats};
@@ -92,6 +92,7 @@ impl Default for IngestConfig {
 pub struct Ingest {
     rx: mpsc::Receiver<IngestItem>,
     bound: Vec<SockAddr>,
+    accepts: Vec<JoinHandle<()>>,
     stop: CancellationToken,
 }
 
@@ -102,8 +103,16 @@ impl Ingest {
     pub async fn bind(addrs: &[Endpoint], config: IngestConfig) -> Result<Self, IngestError> {
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let stop = CancellationToken::new();
-        let bound = listen::start_all(addrs, config, tx, stop.clone()).await?;
-        Ok(Self { rx, bound, stop })
+        let (bound, accepts) = listen::start_all(addrs, config, tx, stop.clone())
+            .await?
+            .into_iter()
+            .unzip();
+        Ok(Self {
+            rx,
+            bound,
+            accepts,
+            stop,
+        })
     }
 
     /// The addresses actually listened on (with the ports the kernel chose).
@@ -116,10 +125,20 @@ impl Ingest {
         self.rx.recv().await
     }
 
-    /// Stops listening and closes every connection.
+    /// Stops listening and closes every connection (each peer gets a Bye).
     pub fn shutdown(&mut self) {
         self.stop.cancel();
         self.rx.close();
+    }
+
+    /// Like [`Ingest::shutdown`], and returns once the listening sockets
+    /// are closed (so their addresses can be bound again).
+    pub async fn close(mut self) {
+        self.shutdown();
+        for accept in std::mem::take(&mut self.accepts) {
+            // A task that panicked has dropped its listener all the same.
+            let _ = accept.await;
+        }
     }
 }
 
