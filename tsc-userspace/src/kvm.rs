@@ -66,7 +66,8 @@ pub struct VcpuState {
 /// One VM directory of KVM's debugfs (`PID-FD`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmDir {
-    /// VMM process id.
+    /// VMM process id. KVM names the directory after the *thread* that
+    /// created the VM; this is that thread's process.
     pub pid: u32,
     /// The VM's file descriptor in that process.
     pub fd: u32,
@@ -217,17 +218,19 @@ mod tests {
         }
     }
 
+    // Pids above the largest pid_max (2^22): no such thread, so the names
+    // stay as they are.
     #[test]
     fn reads_vms_vcpus_offsets_and_scaling() {
         let tmp = tempfile::tempdir().unwrap();
         fake_vm(
             tmp.path(),
-            "123-11",
+            "4194401-11",
             &[(0, "-5", None), (4, "-9223372036854775808", None)],
         );
         fake_vm(
             tmp.path(),
-            "456-7",
+            "4194402-7",
             &[(2, "17", Some(("281474976710656", "48")))],
         );
         fs::create_dir(tmp.path().join("not-a-vm")).unwrap();
@@ -236,7 +239,7 @@ mod tests {
         vms.sort_by_key(|vm| vm.pid);
         assert_eq!(
             (vms[0].pid, vms[0].fd, vms[1].pid, vms.len()),
-            (123, 11, 456, 2)
+            (4194401, 11, 4194402, 2)
         );
         let vcpus = dfs.vcpus(&vms[0]).unwrap();
         assert_eq!(
@@ -246,7 +249,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(0, -5), (4, i64::MIN)]
         );
-        let scaled = dfs.vcpu(456, 2).unwrap();
+        let scaled = dfs.vcpu(4194402, 2).unwrap();
         assert_eq!(
             scaled.scaling,
             Some(Scaling {
@@ -254,14 +257,14 @@ mod tests {
                 frac_bits: 48
             })
         );
-        assert!(matches!(dfs.vcpu(456, 3), Err(KvmError::Gone(_))));
+        assert!(matches!(dfs.vcpu(4194402, 3), Err(KvmError::Gone(_))));
     }
 
     #[test]
     fn garbage_offset_is_a_clear_error() {
         let tmp = tempfile::tempdir().unwrap();
-        fake_vm(tmp.path(), "1-2", &[(0, "zero", None)]);
-        let err = Debugfs::at(tmp.path()).vcpu(1, 0).unwrap_err();
+        fake_vm(tmp.path(), "4194403-2", &[(0, "zero", None)]);
+        let err = Debugfs::at(tmp.path()).vcpu(4194403, 0).unwrap_err();
         assert!(
             err.to_string().contains("\"zero\" is not a number"),
             "{err}"

@@ -57,6 +57,16 @@ pub fn comm(pid: u32) -> Result<String, ProcessError> {
     Ok(read(pid, "comm")?.trim_end_matches('\n').to_owned())
 }
 
+/// The thread-group id (process id) of thread `tid`.
+pub fn tgid(tid: u32) -> Result<u32, ProcessError> {
+    let status = read(tid, "status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(ProcessError::Malformed { pid: tid, why: "no Tgid line in status" })
+}
+
 /// The process's command line, arguments separated by NULs in procfs.
 pub fn cmdline(pid: u32) -> Result<Vec<String>, ProcessError> {
     let raw = read(pid, "cmdline")?;
