@@ -1,5 +1,6 @@
 //! Command-line interface: one module per sub-command.
 
+mod convert;
 mod offsets;
 mod vmm;
 
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
+    /// Convert guest TSC values to host TSC values (and nanoseconds).
+    Convert(convert::Args),
     /// A scriptable toy VMM for tests and demos (commands on stdin).
     #[command(hide = true)]
     Vmm(vmm::Args),
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Offsets(args) => offsets::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Vmm(args) => vmm::run(args),
     };
     match result {
