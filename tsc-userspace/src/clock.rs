@@ -223,6 +223,16 @@ impl Clock {
     }
 }
 
+/// The tightest of `tries` bracketed (`rdtsc`, `CLOCK_MONOTONIC`, `rdtsc`)
+/// samples, taken now.
+pub fn sample_monotonic(tries: usize) -> Result<Sample, ClockError> {
+    sample::take(Against::Monotonic, tries)
+}
+
+fn calibration(why: &str) -> ClockError {
+    ClockError::Calibration(why.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,14 +304,4 @@ mod tests {
         // A self-check only (the method against itself): within 1 us.
         assert!(c.tsc_to_ns(s.tsc).abs_diff(s.ns) < 1_000, "{s:?}");
     }
-}
-
-/// The tightest of `tries` bracketed (`rdtsc`, `CLOCK_MONOTONIC`, `rdtsc`)
-/// samples, taken now.
-pub fn sample_monotonic(tries: usize) -> Result<Sample, ClockError> {
-    sample::take(Against::Monotonic, tries)
-}
-
-fn calibration(why: &str) -> ClockError {
-    ClockError::Calibration(why.to_owned())
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod doctor;
+mod convert;
 mod offsets;
 mod vmm;
 
@@ -38,6 +39,8 @@ enum Command {
     /// Check what this host allows (privileges, mounts, KVM, TSC) and how
     /// its KVM behaves, with a fix for each problem.
     Doctor(doctor::Args),
+    /// Convert guest TSC values to host TSC values (and nanoseconds).
+    Convert(convert::Args),
     /// A scriptable toy VMM for tests and demos (commands on stdin).
     #[command(hide = true)]
     Vmm(vmm::Args),
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Offsets(args) => offsets::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Vmm(args) => vmm::run(args),
     };
     match result {
