@@ -29,10 +29,15 @@
 //!         written.push(now.host_tsc);
 //!     }
 //! }
+//! let mut write = |item: MergeItem| {
+//!     written.push(item.host_tsc);
+//!     Ok::<(), std::io::Error>(())
+//! };
+//! assert_eq!(merger.pop_ready(40, &mut write)?, 1); // 10: CPU 1 is at 10
 //! merger.advance(host, 1, 25); // CPU 1 read nothing new up to TSC 25
-//! merger.pop_ready::<()>(40, |item| Ok(written.push(item.host_tsc)))?;
-//! assert_eq!(written, [10, 20]); // 30 waits for CPU 1 (or the window)
-//! merger.flush_all::<()>(|item| Ok(written.push(item.host_tsc)))?;
+//! assert_eq!(merger.pop_ready(40, &mut write)?, 1); // 20
+//! // 30 waits for CPU 1's watermark to pass it, or for the window.
+//! assert_eq!(merger.flush_all(&mut write)?, 1);
 //! assert_eq!(written, [10, 20, 30]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
