@@ -10,6 +10,8 @@
 //! Guest to host: [`agent`] runs in a guest and streams its raw trace pages
 //! over the [`wire`] protocol (`docs/PROTOCOL.md`); [`ingest`] accepts
 //! agents on the host and yields their decoded events.
+//! [`merge`] puts many ordered event streams on one timeline and [`output`]
+//! writes it; [`session`] drives it all live.
 
 pub mod agent;
 pub mod btf;
@@ -18,8 +20,11 @@ pub mod doctor;
 pub mod ebpf;
 pub mod ingest;
 pub mod kvm;
+pub mod merge;
 pub mod offsets;
+pub mod output;
 pub mod process;
+pub mod session;
 pub mod timeline;
 pub mod tracefs;
 pub mod vmm;

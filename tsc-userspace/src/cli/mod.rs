@@ -2,6 +2,7 @@
 
 mod agent;
 mod doctor;
+mod host;
 mod convert;
 mod offsets;
 mod vmm;
@@ -34,6 +35,8 @@ struct Cli {
 enum Command {
     /// Run inside a guest: stream its kernel trace to a tsc-tracer host.
     Agent(agent::Args),
+    /// Merge guest and host kernel traces into one timeline, live.
+    Host(host::Args),
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
     /// Check what this host allows (privileges, mounts, KVM, TSC) and how
@@ -52,6 +55,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
+        Command::Host(args) => host::run(args),
         Command::Offsets(args) => offsets::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Convert(args) => convert::run(args),

@@ -1,0 +1,127 @@
+//! `tsc-tracer host`: the live correlation session.
+
+use std::{fs::File, io, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use tsc_userspace::{
+    output::{self, ClockMode, FlushPolicy, OutputFormat},
+    session::{Session, SessionOptions, bind::VmSpec},
+    tracefs::{EventName, shutdown_signal},
+    wire::Endpoint,
+};
+
+/// The port agents connect to when none is given.
+pub const DEFAULT_PORT: u16 = 7170;
+const DEFAULT_VSOCK_PORT: u32 = DEFAULT_PORT as u32;
+
+/// Merge guest and host kernel traces into one timeline, live.
+///
+/// Loads the kernel programs that follow every vCPU's TSC offset, accepts
+/// guest agents (`tsc-tracer agent --connect ...` inside each guest) on the
+/// listeners, binds each to its VM (--vm, its vsock CID, or its TSC
+/// readings), converts every guest timestamp with the offset in force when
+/// the event happened, merges them with the host's own kvm events and writes
+/// one timeline ordered by host time as events arrive. Stop with Ctrl-C.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where agents connect: tcp:ADDR:PORT or vsock:PORT (repeatable).
+    /// Default: tcp:127.0.0.1:7170 and vsock:7170.
+    #[arg(long, value_name = "ENDPOINT")]
+    listen: Vec<String>,
+    /// Bind agents to this VM: its VMM's pid, and the name its events carry
+    /// (repeatable; with several, each agent's --name picks its VM).
+    #[arg(long, value_name = "PID[=NAME]")]
+    vm: Vec<VmSpec>,
+    /// Host events to trace, as SYSTEM:NAME,... (default: the kvm events of
+    /// the bound VMs' threads).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    host_events: Option<Vec<EventName>>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+    /// Timestamps in host nanoseconds (CLOCK_MONOTONIC) or host TSC ticks.
+    #[arg(long, value_enum, default_value_t = ClockMode::Ns)]
+    clock: ClockMode,
+    /// Write the timeline here instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Reorder window in milliseconds: how long an event waits for slower
+    /// streams before it is written (later arrivals are flagged "late").
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    window_ms: u64,
+}
+
+/// Runs `tsc-tracer host`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> Result<ExitCode> {
+    let listen = listeners(&args.listen)?;
+    let options = SessionOptions {
+        listen,
+        vms: args.vm,
+        host_events: args.host_events,
+        window: Duration::from_millis(args.window_ms),
+        ..SessionOptions::default()
+    };
+    let session = Session::start(options).await.context("starting the session")?;
+    for addr in session.local_addrs() {
+        tracing::info!("listening for agents on {addr}; in a guest: tsc-tracer agent --connect {}", agent_hint(addr));
+    }
+    let out: Box<dyn io::Write + Send> = match &args.output {
+        Some(path) => Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => Box::new(io::stdout()),
+    };
+    let mut writer = output::writer(args.format, args.clock, FlushPolicy::Batch, out);
+    let shutdown = async {
+        match shutdown_signal().await {
+            Ok(signal) => tracing::info!("{signal}: flushing and stopping"),
+            Err(err) => tracing::warn!("waiting for signals: {err}; stopping"),
+        }
+    };
+    let summary = session.run(writer.as_mut(), shutdown).await?;
+    tracing::info!(
+        "done: {} guest and {} host events; {} written in order, {} late, {} by window expiry; lost {} guest / {} host",
+        summary.guest_events,
+        summary.host_events,
+        summary.emitted,
+        summary.late,
+        summary.forced,
+        summary.guest_lost,
+        summary.host_lost
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tcp:A:P` and `vsock:[CID:]P`; the defaults when none.
+fn listeners(specs: &[String]) -> Result<Vec<Endpoint>> {
+    if specs.is_empty() {
+        return Ok(vec![
+            Endpoint::Tcp { host: "127.0.0.1".into(), port: DEFAULT_PORT },
+            Endpoint::Vsock { cid: u32::MAX, port: DEFAULT_VSOCK_PORT },
+        ]);
+    }
+    specs
+        .iter()
+        .map(|s| {
+            let spec = match s.strip_prefix("vsock:") {
+                Some(port) if !port.contains(':') => format!("vsock:any:{port}"),
+                _ => s.clone(),
+            };
+            spec.parse::<Endpoint>().map_err(anyhow::Error::from)
+        })
+        .collect()
+}
+
+fn agent_hint(addr: &tsc_userspace::ingest::SockAddr) -> String {
+    match addr {
+        tsc_userspace::ingest::SockAddr::Tcp(a) => format!("tcp:{}:{}", a.ip(), a.port()),
+        tsc_userspace::ingest::SockAddr::Vsock { port, .. } => format!("vsock:2:{port}"),
+    }
+}

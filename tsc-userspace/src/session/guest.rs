@@ -1,0 +1,94 @@
+//! One bound agent: its guest CPUs' vCPUs and where each CPU's stream is in
+//! its vCPU's epochs.
+
+use std::collections::HashMap;
+
+use tsc_common::tsc::TscParams;
+
+use super::{bind::Binding, vms::VmState};
+use crate::{
+    ingest::EventPage,
+    merge::{EventData, Flags, MergeItem, SourceId, Sources},
+    timeline::{self, StreamCursor},
+    wire::Hello,
+};
+
+/// A connected, bound agent.
+pub(super) struct Agent {
+    /// Its merge source.
+    pub(super) source: SourceId,
+    /// Its VM.
+    pub(super) binding: Binding,
+    /// Guest CPU -> vCPU id (the CPU's APIC id: KVM's x86 vcpu_id).
+    vcpu_of: HashMap<u32, u32>,
+    /// Each guest CPU stream's place in its vCPU's epochs.
+    cursors: HashMap<u32, StreamCursor>,
+}
+
+impl Agent {
+    pub(super) fn new(source: SourceId, binding: Binding, hello: &Hello) -> Self {
+        Self {
+            source,
+            binding,
+            vcpu_of: hello.cpus.iter().map(|c| (c.cpu, c.apic_id)).collect(),
+            cursors: HashMap::new(),
+        }
+    }
+
+    /// Converts every event of a page to host time, in page order.
+    pub(super) fn convert(&mut self, page: &EventPage, vm: Option<&VmState>, sources: &mut Sources) -> Vec<MergeItem> {
+        let vcpu = self.vcpu_of.get(&page.cpu).copied();
+        let timeline = vm.zip(vcpu).and_then(|(vm, v)| vm.vcpus.get(&v));
+        let fallback = vm.and_then(|vm| vcpu.and_then(|v| vm.current.get(&v)).or(vm.current.values().next()));
+        let not_applied = vm.is_some_and(|vm| vm.not_applied);
+        let cursor = self.cursors.entry(page.cpu).or_default();
+        let mut items = Vec::with_capacity(page.count);
+        for event in page.events() {
+            if let (Some(pid), Some(comm)) = (event.pid, event.comm) {
+                sources.set_comm(self.source, pid, comm);
+            }
+            let Some(data) = EventData::from_page(page.bytes(), event.data) else { continue };
+            let (host_tsc, epoch, mut flags) = place(timeline, fallback, cursor, event.tsc);
+            if not_applied {
+                flags.insert(Flags::OFFSET_NOT_APPLIED);
+            }
+            items.push(MergeItem {
+                host_tsc,
+                source: self.source,
+                cpu: page.cpu,
+                vcpu,
+                guest_tsc: Some(event.tsc),
+                epoch,
+                flags,
+                data,
+            });
+        }
+        items
+    }
+}
+
+/// Host TSC, epoch and flags of one guest timestamp. Without a timeline (a
+/// vCPU the session never saw) the VM's current conversion is used and the
+/// event is flagged as outside any known epoch: never dropped, never
+/// silently placed.
+fn place(
+    timeline: Option<&timeline::VcpuTimeline>,
+    fallback: Option<&TscParams>,
+    cursor: &mut StreamCursor,
+    guest: u64,
+) -> (u64, Option<u64>, Flags) {
+    if let Some(timeline) = timeline
+        && let Ok(a) = timeline.assign(cursor, guest)
+    {
+        let mut flags = Flags::NONE;
+        if a.flags.contains(timeline::Flags::RESOLVED_BY_ORDER) {
+            flags.insert(Flags::RESOLVED_BY_ORDER);
+        }
+        if a.flags.contains(timeline::Flags::OUTSIDE_EPOCH) {
+            flags.insert(Flags::OUTSIDE_EPOCH);
+        }
+        return (a.host, Some(a.epoch), flags);
+    }
+    let host = fallback.and_then(|p| p.host_from_guest(guest).ok()).unwrap_or(guest);
+    (host, None, Flags::OUTSIDE_EPOCH)
+}

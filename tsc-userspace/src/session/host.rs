@@ -1,0 +1,107 @@
+//! The host's own events: a private tracefs instance on `x86-tsc`, read per
+//! CPU the way the agent reads a guest's.
+
+use std::{fs, sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    agent::pages::Readers,
+    tracefs::{EventName, FormatSet, Instance, InstanceOptions, PageLayout, TracefsError},
+    wire::Page,
+};
+
+/// The kvm events traced on the host by default, for the bound VMs' threads.
+pub const DEFAULT_HOST_EVENTS: &[&str] = &[
+    "kvm:kvm_entry",
+    "kvm:kvm_exit",
+    "kvm:kvm_userspace_exit",
+    "kvm:kvm_write_tsc_offset",
+];
+
+/// How often partly filled host pages are read, so quiet CPUs are not held back.
+const FLUSH: Duration = Duration::from_millis(100);
+
+/// The host's trace: instance, page pump and what decoding needs.
+pub struct HostTrace {
+    instance: Instance,
+    readers: Option<Readers>,
+    /// Pages as they are read.
+    pub pages: mpsc::Receiver<Page>,
+    /// The instance's page layout.
+    pub layout: PageLayout,
+    /// Formats of the enabled events.
+    pub formats: Arc<FormatSet>,
+    /// Trace only the bound VMs' threads (the default events).
+    filter_by_vm: bool,
+    started: bool,
+}
+
+impl HostTrace {
+    /// Creates the instance with `events`; with `filter_by_vm` it traces
+    /// nothing until [`HostTrace::follow_vms`] names the VMs.
+    pub fn start(events: &[EventName], filter_by_vm: bool) -> Result<Self, TracefsError> {
+        let mut options = InstanceOptions::new("tsc-tracer-host");
+        options.events = events.to_vec();
+        options.buffer_size_kb = Some(4096);
+        let instance = Instance::create(&options)?;
+        if filter_by_vm {
+            instance.set_tracing_on(false)?;
+            // Threads the VMMs create later (hot-plugged vCPUs) are followed.
+            instance.write("options/event-fork", "1")?;
+        }
+        let mut pipes = Vec::new();
+        for cpu in instance.cpus()? {
+            pipes.push(instance.open_pipe(cpu)?.into_async()?);
+        }
+        let (tx, pages) = mpsc::channel(1024);
+        let readers = Readers::start(pipes, tx, FLUSH);
+        Ok(Self {
+            layout: instance.page_layout()?,
+            formats: Arc::new(instance.format_set()?),
+            instance,
+            readers: Some(readers),
+            pages,
+            filter_by_vm,
+            started: !filter_by_vm,
+        })
+    }
+
+    /// Traces the threads of these VMM processes (when filtering by VM).
+    pub fn follow_vms(&mut self, pids: &[u32]) -> Result<(), TracefsError> {
+        if !self.filter_by_vm {
+            return Ok(());
+        }
+        let tids: Vec<String> = pids.iter().flat_map(|&pid| threads(pid)).map(|t| t.to_string()).collect();
+        if tids.is_empty() {
+            return Ok(());
+        }
+        self.instance.write("set_event_pid", &tids.join(" "))?;
+        if !self.started {
+            self.instance.set_tracing_on(true)?;
+            self.started = true;
+        }
+        Ok(())
+    }
+
+    /// The instance's name (for messages).
+    pub fn name(&self) -> &str {
+        self.instance.name()
+    }
+
+    /// Stops tracing and lets the readers hand out what is left.
+    pub async fn stop(&mut self) {
+        let _ = self.instance.set_tracing_on(false);
+        if let Some(readers) = self.readers.take() {
+            readers.stop();
+            readers.join().await;
+        }
+    }
+}
+
+/// Thread ids of a process (vCPU threads are where kvm events fire).
+fn threads(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,402 @@
+//! The live correlation session: follow every vCPU's offsets, accept guest
+//! agents, convert each guest timestamp with the epoch it belongs to, and
+//! merge guests' and the host's events into one timeline as they arrive.
+//!
+//! One task owns all state and reacts to four sources in turn: offset
+//! events from the kernel ([`crate::offsets::monitor`]), items from agents
+//! ([`crate::ingest`]), host pages ([`host`]), and a tick that writes out
+//! what the merge window releases. Agents are admitted (or refused) by
+//! [`bind`] from inside their connection task, against a copy of the VMs
+//! that the session keeps current.
+
+pub mod bind;
+mod guest;
+pub mod host;
+mod stats;
+pub mod vms;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+pub use stats::Summary;
+
+use crate::{
+    clock::{Clock, ClockError, read_tsc},
+    ebpf::LoadOptions,
+    ingest::{ConnId, Ingest, IngestConfig, IngestError, IngestItem, SockAddr},
+    merge::{EventData, MergeConfig, MergeItem, Merger, SourceId, SourceInfo, SourceKind, Sources},
+    output::{EventWriter, WriteContext},
+    offsets::monitor::{Monitor, MonitorError, MonitorOptions},
+    tracefs::{EventName, Page, TracefsError},
+    wire::{Endpoint, Page as WirePage},
+};
+use bind::{Binding, Candidate, VmSpec};
+use guest::Agent;
+use host::HostTrace;
+use vms::Vms;
+
+/// Errors that stop a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The kernel side could not start.
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    /// The host clock could not be calibrated.
+    #[error("calibrating the host clock: {0}")]
+    Clock(#[from] ClockError),
+    /// No listener could be bound.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The host trace instance could not be set up.
+    #[error("host trace: {0}")]
+    Tracefs(#[from] TracefsError),
+    /// A `--vm` names a process with no VM.
+    #[error("--vm {0}: no KVM VM with vCPUs in that process (is the pid right? `tsc-tracer offsets` lists VMs)")]
+    UnknownVm(u32),
+    /// Writing the output failed.
+    #[error("writing the timeline: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// What a session is asked to do.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Where agents connect.
+    pub listen: Vec<Endpoint>,
+    /// VMs named by the user.
+    pub vms: Vec<VmSpec>,
+    /// Host events; `None` traces the default kvm events of the bound VMs'
+    /// threads.
+    pub host_events: Option<Vec<EventName>>,
+    /// How long an event may wait for slower streams before it is written.
+    pub window: Duration,
+    /// How long before its Hello an agent's TSC samples may be.
+    pub bind_slack: Duration,
+    /// Kernel programs.
+    pub load: LoadOptions,
+    /// Agent connections.
+    pub ingest: IngestConfig,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            vms: Vec::new(),
+            host_events: None,
+            window: Duration::from_secs(1),
+            bind_slack: Duration::from_secs(2),
+            load: LoadOptions::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+/// What the admission check in connection tasks shares with the session.
+#[derive(Default)]
+struct Admissions {
+    specs: Vec<VmSpec>,
+    candidates: Vec<Candidate>,
+    slack: u64,
+    bound: HashMap<ConnId, Binding>,
+}
+
+/// A running session.
+pub struct Session {
+    monitor: Monitor,
+    clock: Clock,
+    ingest: Ingest,
+    host: HostTrace,
+    host_source: SourceId,
+    vms: Vms,
+    agents: HashMap<ConnId, Agent>,
+    admissions: Arc<Mutex<Admissions>>,
+    sources: Sources,
+    merger: Merger,
+    stats: stats::Stats,
+    last_clock_refresh: Instant,
+}
+
+/// How often the clock calibration is refreshed (bounds drift).
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
+/// How often the window is checked when nothing arrives.
+const TICK: Duration = Duration::from_millis(50);
+/// Host pages are read at least this often: a host CPU stream promises
+/// nothing older than this much before now.
+const HOST_LAG: Duration = Duration::from_millis(300);
+
+impl Session {
+    /// Starts everything: kernel programs, clock, listeners, host trace.
+    /// Must run inside a tokio runtime.
+    pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
+        let clock = Clock::calibrate()?;
+        let monitor = Monitor::start(MonitorOptions { load: options.load.clone(), ..MonitorOptions::default() })?;
+        let mut vms = Vms::default();
+        for event in monitor.map().snapshot() {
+            vms.apply(&event, &clock);
+        }
+        for spec in &options.vms {
+            if vms.get(spec.pid).is_none_or(|vm| vm.vcpus.is_empty()) {
+                return Err(SessionError::UnknownVm(spec.pid));
+            }
+        }
+        let admissions = Arc::new(Mutex::new(Admissions {
+            specs: options.vms.clone(),
+            candidates: vms.candidates(),
+            slack: ticks(&clock, options.bind_slack),
+            bound: HashMap::new(),
+        }));
+        let mut ingest_config = options.ingest.clone();
+        ingest_config.admit = Some(admit(admissions.clone()));
+        let ingest = Ingest::bind(&options.listen, ingest_config).await?;
+        let (events, filter) = match &options.host_events {
+            Some(events) => (events.clone(), false),
+            None => (default_host_events(), true),
+        };
+        let host = HostTrace::start(&events, filter)?;
+        let mut sources = Sources::new();
+        let host_source = sources
+            .add(SourceInfo { kind: SourceKind::Host, name: host.name().to_owned(), formats: host.formats.clone() })
+            .map_err(|e| SessionError::Tracefs(TracefsError::Io { path: "sources".into(), source: std::io::Error::other(e) }))?;
+        let merger = Merger::new(MergeConfig::new(ticks(&clock, options.window)));
+        Ok(Self {
+            monitor,
+            clock,
+            ingest,
+            host,
+            host_source,
+            vms,
+            agents: HashMap::new(),
+            admissions,
+            sources,
+            merger,
+            stats: stats::Stats::default(),
+            last_clock_refresh: Instant::now(),
+        })
+    }
+
+    /// The addresses agents can connect to.
+    pub fn local_addrs(&self) -> &[SockAddr] {
+        self.ingest.local_addrs()
+    }
+
+    /// The host clock (TSC to CLOCK_MONOTONIC ns).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Runs until `shutdown` completes, writing the timeline to `sink`;
+    /// then flushes everything held and returns what happened.
+    pub async fn run(mut self, sink: &mut dyn EventWriter, shutdown: impl Future<Output = ()>) -> Result<Summary, SessionError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                events = self.monitor.next() => self.on_offsets(events?),
+                Some(item) = self.ingest.next_item() => self.on_ingest(item, sink)?,
+                Some(page) = self.host.pages.recv() => self.on_host_page(&page, sink)?,
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.release(sink)?;
+        }
+        self.finish(sink).await
+    }
+
+    fn on_offsets(&mut self, events: Vec<crate::offsets::OffsetEvent>) {
+        for event in &events {
+            self.vms.apply(event, &self.clock);
+        }
+        let candidates = self.vms.candidates();
+        let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
+        if let Ok(mut shared) = self.admissions.lock() {
+            shared.candidates = candidates;
+        }
+        // New vCPU threads of bound VMs are followed by event-fork; this
+        // covers threads created before the VM was bound.
+        if events.iter().any(|e| bound.contains(&e.pid))
+            && let Err(err) = self.host.follow_vms(&bound)
+        {
+            tracing::warn!("following the bound VMs' threads on the host: {err}");
+        }
+        let agents = &self.agents;
+        self.vms.reap(|pid| agents.values().any(|a| a.binding.pid == pid));
+    }
+
+    fn on_ingest(&mut self, item: IngestItem, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
+        match item {
+            IngestItem::Connected(info) => self.on_connected(&info),
+            IngestItem::Events(page) => {
+                let Some(agent) = self.agents.get_mut(&page.conn) else { return Ok(()) };
+                let vm = self.vms.get(agent.binding.pid);
+                for item in agent.convert(&page, vm, &mut self.sources) {
+                    self.stats.guest_events += 1;
+                    if let Some(now) = self.merger.push(item) {
+                        write(sink, &self.sources, &self.clock, &now)?;
+                    }
+                }
+            }
+            IngestItem::Lost { conn, cpu, new, total } => {
+                self.stats.guest_lost += new;
+                tracing::warn!("agent {conn}: the guest lost {new} events on CPU {cpu} ({total} in all)");
+            }
+            IngestItem::BadPage { conn, cpu, error } => {
+                tracing::warn!("agent {conn}: skipped a page of CPU {cpu}: {error}");
+            }
+            IngestItem::Closed { conn, peer, outcome } => {
+                if let Some(agent) = self.agents.remove(&conn) {
+                    self.merger.close_source(agent.source);
+                }
+                if let Ok(mut shared) = self.admissions.lock() {
+                    shared.bound.remove(&conn);
+                }
+                match outcome {
+                    Ok(reason) => tracing::info!("agent {conn} ({peer}) left: {reason}"),
+                    Err(err) => tracing::warn!("agent {conn} ({peer}) dropped: {err}"),
+                }
+            }
+            IngestItem::TscSample { .. } | IngestItem::Page { .. } | IngestItem::Cmdlines { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn on_connected(&mut self, info: &crate::ingest::ConnectionInfo) {
+        let binding = self.admissions.lock().ok().and_then(|s| s.bound.get(&info.id).cloned());
+        let Some(binding) = binding else {
+            tracing::warn!("agent {} connected without a binding; ignoring it", info.id);
+            return;
+        };
+        let source = self.sources.add(SourceInfo {
+            kind: SourceKind::Guest { vm_name: binding.name.clone(), vm_pid: binding.pid },
+            name: info.peer.to_string(),
+            formats: Arc::new(info.guest.formats().clone()),
+        });
+        let source = match source {
+            Ok(source) => source,
+            Err(err) => {
+                tracing::warn!("agent {}: {err}", info.id);
+                return;
+            }
+        };
+        tracing::info!(
+            "agent {} {:?} ({}) traces VM {} (pid {}), bound by {}",
+            info.id,
+            info.hello.agent_name,
+            info.peer,
+            binding.name,
+            binding.pid,
+            binding.by
+        );
+        let pid = binding.pid;
+        self.agents.insert(info.id, Agent::new(source, binding, &info.hello));
+        let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
+        if let Err(err) = self.host.follow_vms(&bound) {
+            tracing::warn!("tracing VM {pid}'s threads on the host: {err}");
+        }
+    }
+
+    fn on_host_page(&mut self, page: &WirePage, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
+        let parsed = match Page::parse(&self.host.layout, &page.data) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::warn!("skipping a host page of CPU {}: {err}", page.cpu);
+                return Ok(());
+            }
+        };
+        if let crate::tracefs::LostEvents::Count(n) = parsed.lost_events() {
+            self.stats.host_lost += n;
+        }
+        for raw in parsed.events().filter_map(Result::ok) {
+            let Some(data) = EventData::from_page(&page.data, raw.data) else { continue };
+            let item = MergeItem::host(self.host_source, page.cpu, raw.ts, data);
+            self.sources.learn_comms(&item);
+            self.stats.host_events += 1;
+            if let Some(now) = self.merger.push(item) {
+                write(sink, &self.sources, &self.clock, &now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self) {
+        let now = read_tsc();
+        let lag = ticks(&self.clock, HOST_LAG);
+        for cpu in 0..self.host_cpus() {
+            self.merger.advance(self.host_source, cpu, now.saturating_sub(lag));
+        }
+        if self.last_clock_refresh.elapsed() >= CLOCK_REFRESH {
+            if let Err(err) = self.clock.refresh() {
+                tracing::warn!("refreshing the host clock: {err}");
+            }
+            self.last_clock_refresh = Instant::now();
+        }
+        self.stats.maybe_status(&self.merger, self.agents.len(), self.bound_vms());
+    }
+
+    fn host_cpus(&self) -> u32 {
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    }
+
+    fn bound_vms(&self) -> usize {
+        let mut pids: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids.len()
+    }
+
+    /// Writes what the merge releases now.
+    fn release(&mut self, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
+        let clock = &self.clock;
+        let to_ns = |tsc| clock.tsc_to_ns(tsc);
+        let ctx = WriteContext { sources: &self.sources, clock: &to_ns };
+        let n = self.merger.pop_ready(read_tsc(), |item| sink.write(&ctx, &item)).map_err(SessionError::Output)?;
+        if n > 0 {
+            sink.flush().map_err(SessionError::Output)?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, sink: &mut dyn EventWriter) -> Result<Summary, SessionError> {
+        self.host.stop().await;
+        while let Ok(page) = self.host.pages.try_recv() {
+            self.on_host_page(&page, sink)?;
+        }
+        self.ingest.shutdown();
+        while let Some(item) = self.ingest.next_item().await {
+            self.on_ingest(item, sink)?;
+        }
+        let clock = &self.clock;
+        let to_ns = |tsc| clock.tsc_to_ns(tsc);
+        let ctx = WriteContext { sources: &self.sources, clock: &to_ns };
+        self.merger.flush_all(|item| sink.write(&ctx, &item)).map_err(SessionError::Output)?;
+        sink.flush().map_err(SessionError::Output)?;
+        Ok(self.stats.summary(&self.merger))
+    }
+}
+
+fn write(sink: &mut dyn EventWriter, sources: &Sources, clock: &Clock, item: &MergeItem) -> Result<(), SessionError> {
+    let to_ns = |tsc| clock.tsc_to_ns(tsc);
+    sink.write(&WriteContext { sources, clock: &to_ns }, item).map_err(SessionError::Output)
+}
+
+fn default_host_events() -> Vec<EventName> {
+    host::DEFAULT_HOST_EVENTS.iter().filter_map(|e| e.parse().ok()).collect()
+}
+
+/// Host TSC ticks in `d`.
+fn ticks(clock: &Clock, d: Duration) -> u64 {
+    (clock.tsc_khz() as u128 * d.as_micros() / 1000) as u64
+}
+
+fn admit(shared: Arc<Mutex<Admissions>>) -> crate::ingest::Admit {
+    crate::ingest::Admit(Arc::new(move |admission| {
+        let mut state = shared.lock().map_err(|_| "the session is shutting down".to_owned())?;
+        let binding = bind::bind(admission, &state.specs, &state.candidates, state.slack)?;
+        state.bound.insert(admission.id, binding);
+        Ok(())
+    }))
+}
