@@ -64,7 +64,10 @@ pub fn tgid(tid: u32) -> Result<u32, ProcessError> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or(ProcessError::Malformed { pid: tid, why: "no Tgid line in status" })
+        .ok_or(ProcessError::Malformed {
+            pid: tid,
+            why: "no Tgid line in status",
+        })
 }
 
 /// The process's command line, arguments separated by NULs in procfs.

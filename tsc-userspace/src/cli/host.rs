@@ -70,12 +70,19 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         window: Duration::from_millis(args.window_ms),
         ..SessionOptions::default()
     };
-    let session = Session::start(options).await.context("starting the session")?;
+    let session = Session::start(options)
+        .await
+        .context("starting the session")?;
     for addr in session.local_addrs() {
-        tracing::info!("listening for agents on {addr}; in a guest: tsc-tracer agent --connect {}", agent_hint(addr));
+        tracing::info!(
+            "agents connect with: tsc-tracer agent --connect {}",
+            agent_hint(addr)
+        );
     }
     let out: Box<dyn io::Write + Send> = match &args.output {
-        Some(path) => Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        Some(path) => {
+            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+        }
         None => Box::new(io::stdout()),
     };
     let mut writer = output::writer(args.format, args.clock, FlushPolicy::Batch, out);
@@ -103,8 +110,14 @@ async fn run_async(args: Args) -> Result<ExitCode> {
 fn listeners(specs: &[String]) -> Result<Vec<Endpoint>> {
     if specs.is_empty() {
         return Ok(vec![
-            Endpoint::Tcp { host: "127.0.0.1".into(), port: DEFAULT_PORT },
-            Endpoint::Vsock { cid: u32::MAX, port: DEFAULT_VSOCK_PORT },
+            Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: DEFAULT_PORT,
+            },
+            Endpoint::Vsock {
+                cid: u32::MAX,
+                port: DEFAULT_VSOCK_PORT,
+            },
         ]);
     }
     specs

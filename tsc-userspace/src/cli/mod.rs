@@ -1,9 +1,9 @@
 //! Command-line interface: one module per sub-command.
 
 mod agent;
+mod convert;
 mod doctor;
 mod host;
-mod convert;
 mod offsets;
 mod vmm;
 

@@ -32,7 +32,9 @@ impl FromStr for VmSpec {
             Some(_) => return Err(format!("{s:?}: the name after '=' is empty")),
             None => (s, None),
         };
-        let pid = pid.parse().map_err(|_| format!("{s:?}: expected PID or PID=NAME"))?;
+        let pid = pid
+            .parse()
+            .map_err(|_| format!("{s:?}: expected PID or PID=NAME"))?;
         Ok(Self { pid, name })
     }
 }
@@ -85,26 +87,54 @@ pub struct Binding {
 /// Decides which VM the agent of `admission` traces, or why none.
 /// `slack` is how far (host TSC ticks) before the Hello the agent's samples
 /// may have been taken.
-pub fn bind(admission: &Admission<'_>, specs: &[VmSpec], vms: &[Candidate], slack: u64) -> Result<Binding, String> {
+pub fn bind(
+    admission: &Admission<'_>,
+    specs: &[VmSpec],
+    vms: &[Candidate],
+    slack: u64,
+) -> Result<Binding, String> {
     let hello = admission.hello;
-    let default_name = || if hello.agent_name.is_empty() { hello.hostname.clone() } else { hello.agent_name.clone() };
+    let default_name = || {
+        if hello.agent_name.is_empty() {
+            hello.hostname.clone()
+        } else {
+            hello.agent_name.clone()
+        }
+    };
     if !specs.is_empty() {
         let spec = explicit(hello, specs)?;
         if !vms.iter().any(|vm| vm.pid == spec.pid) {
-            return Err(format!("--vm {}: no VM with vCPUs is running in that process", spec.pid));
+            return Err(format!(
+                "--vm {}: no VM with vCPUs is running in that process",
+                spec.pid
+            ));
         }
         let name = spec.name.clone().unwrap_or_else(default_name);
-        return Ok(Binding { pid: spec.pid, name, by: BoundBy::Explicit });
+        return Ok(Binding {
+            pid: spec.pid,
+            name,
+            by: BoundBy::Explicit,
+        });
     }
     if let SockAddr::Vsock { cid, .. } = admission.peer
         && let Some(vm) = vms.iter().find(|vm| names_cid(&vm.cmdline, cid))
     {
-        return Ok(Binding { pid: vm.pid, name: default_name(), by: BoundBy::VsockCid(cid) });
+        return Ok(Binding {
+            pid: vm.pid,
+            name: default_name(),
+            by: BoundBy::VsockCid(cid),
+        });
     }
-    let explaining: Vec<&Candidate> =
-        vms.iter().filter(|vm| explains(vm, hello, admission.host_tsc_at_hello, slack)).collect();
+    let explaining: Vec<&Candidate> = vms
+        .iter()
+        .filter(|vm| explains(vm, hello, admission.host_tsc_at_hello, slack))
+        .collect();
     match explaining.as_slice() {
-        [vm] => Ok(Binding { pid: vm.pid, name: default_name(), by: BoundBy::TscSignature }),
+        [vm] => Ok(Binding {
+            pid: vm.pid,
+            name: default_name(),
+            by: BoundBy::TscSignature,
+        }),
         [] => Err(format!(
             "no VM on this host explains the TSC readings of agent {:?}; start the host session with --vm PID[=NAME]",
             hello.agent_name
@@ -113,15 +143,21 @@ pub fn bind(admission: &Admission<'_>, specs: &[VmSpec], vms: &[Candidate], slac
             "the TSC readings of agent {:?} are explained equally by {}: refusing to guess; \
              start the host session with --vm PID[=NAME] to name its VM",
             hello.agent_name,
-            several.iter().map(|vm| format!("{} (pid {})", vm.comm, vm.pid)).collect::<Vec<_>>().join(" and ")
+            several
+                .iter()
+                .map(|vm| format!("{} (pid {})", vm.comm, vm.pid))
+                .collect::<Vec<_>>()
+                .join(" and ")
         )),
     }
 }
 
 fn explicit<'a>(hello: &Hello, specs: &'a [VmSpec]) -> Result<&'a VmSpec, String> {
-    let named = specs
-        .iter()
-        .find(|s| s.name.as_deref().is_some_and(|n| n == hello.agent_name || n == hello.hostname));
+    let named = specs.iter().find(|s| {
+        s.name
+            .as_deref()
+            .is_some_and(|n| n == hello.agent_name || n == hello.hostname)
+    });
     match (named, specs) {
         (Some(spec), _) => Ok(spec),
         (None, [only]) => Ok(only),
@@ -136,7 +172,9 @@ fn explicit<'a>(hello: &Hello, specs: &'a [VmSpec]) -> Result<&'a VmSpec, String
 /// (QEMU: `guest-cid=N` inside a `-device vhost-vsock-...` argument).
 fn names_cid(cmdline: &[String], cid: u32) -> bool {
     cmdline.iter().flat_map(|arg| arg.split(',')).any(|kv| {
-        kv.strip_prefix("guest-cid=").and_then(|v| v.parse::<u32>().ok()) == Some(cid)
+        kv.strip_prefix("guest-cid=")
+            .and_then(|v| v.parse::<u32>().ok())
+            == Some(cid)
     })
 }
 
@@ -172,7 +210,12 @@ mod tests {
             events: Vec::new(),
             samples: samples
                 .iter()
-                .map(|&(b, a)| TscSample { cpu: 0, tsc_before: b, clock_ns: 0, tsc_after: a })
+                .map(|&(b, a)| TscSample {
+                    cpu: 0,
+                    tsc_before: b,
+                    clock_ns: 0,
+                    tsc_after: a,
+                })
                 .collect(),
         }
     }
@@ -181,13 +224,22 @@ mod tests {
         Candidate {
             pid,
             comm: format!("vmm{pid}"),
-            cmdline: vec!["qemu".into(), "-device".into(), format!("vhost-vsock-pci,id=v,guest-cid={}", pid + 1)],
+            cmdline: vec![
+                "qemu".into(),
+                "-device".into(),
+                format!("vhost-vsock-pci,id=v,guest-cid={}", pid + 1),
+            ],
             vcpus: vec![(0, TscParams::unscaled(offset as u64))],
         }
     }
 
     fn admission(hello: &Hello, peer: SockAddr, at: u64) -> Admission<'_> {
-        Admission { id: 1, peer, hello, host_tsc_at_hello: at }
+        Admission {
+            id: 1,
+            peer,
+            hello,
+            host_tsc_at_hello: at,
+        }
     }
 
     const TCP: SockAddr = SockAddr::Tcp(std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -197,8 +249,20 @@ mod tests {
 
     #[test]
     fn vm_spec_parses_pid_and_name() {
-        assert_eq!("12".parse(), Ok(VmSpec { pid: 12, name: None }));
-        assert_eq!("12=web".parse(), Ok(VmSpec { pid: 12, name: Some("web".into()) }));
+        assert_eq!(
+            "12".parse(),
+            Ok(VmSpec {
+                pid: 12,
+                name: None
+            })
+        );
+        assert_eq!(
+            "12=web".parse(),
+            Ok(VmSpec {
+                pid: 12,
+                name: Some("web".into())
+            })
+        );
         assert!("x=web".parse::<VmSpec>().is_err());
         assert!("12=".parse::<VmSpec>().is_err());
     }
@@ -209,21 +273,39 @@ mod tests {
         let h = hello("a", &[(9_000_000, 9_000_100)]);
         let vms = [vm(10, -1_000_000), vm(20, -5)];
         let got = bind(&admission(&h, TCP, 10_000_200), &[], &vms, 1_000).unwrap();
-        assert_eq!((got.pid, got.by, got.name.as_str()), (10, BoundBy::TscSignature, "a"));
+        assert_eq!(
+            (got.pid, got.by, got.name.as_str()),
+            (10, BoundBy::TscSignature, "a")
+        );
     }
 
     #[test]
     fn two_vms_explaining_equally_is_a_refusal_asking_for_vm() {
         let h = hello("a", &[(100, 110)]);
-        let err = bind(&admission(&h, TCP, 200), &[], &[vm(10, 0), vm(20, 0)], 1_000).unwrap_err();
-        assert!(err.contains("--vm PID") && err.contains("pid 10") && err.contains("pid 20"), "{err}");
+        let err = bind(
+            &admission(&h, TCP, 200),
+            &[],
+            &[vm(10, 0), vm(20, 0)],
+            1_000,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("--vm PID") && err.contains("pid 10") && err.contains("pid 20"),
+            "{err}"
+        );
     }
 
     #[test]
     fn no_vm_explaining_is_a_refusal() {
         let h = hello("a", &[(100, 110)]);
         // Samples 10 s before the hello at 1 GHz are outside a 1 ms slack.
-        let err = bind(&admission(&h, TCP, 10_000_000_100), &[], &[vm(10, 0)], 1_000_000).unwrap_err();
+        let err = bind(
+            &admission(&h, TCP, 10_000_000_100),
+            &[],
+            &[vm(10, 0)],
+            1_000_000,
+        )
+        .unwrap_err();
         assert!(err.contains("no VM"), "{err}");
     }
 
@@ -231,7 +313,13 @@ mod tests {
     fn vsock_cid_on_the_vmm_command_line_wins_over_the_signature() {
         let h = hello("a", &[(100, 110)]);
         let peer = SockAddr::Vsock { cid: 21, port: 5 };
-        let got = bind(&admission(&h, peer, 200), &[], &[vm(10, 0), vm(20, 0)], 1_000).unwrap();
+        let got = bind(
+            &admission(&h, peer, 200),
+            &[],
+            &[vm(10, 0), vm(20, 0)],
+            1_000,
+        )
+        .unwrap();
         assert_eq!((got.pid, got.by), (20, BoundBy::VsockCid(21)));
     }
 
@@ -241,12 +329,31 @@ mod tests {
         let vms = [vm(10, 0), vm(20, 0)];
         let specs: Vec<VmSpec> = vec!["10=db".parse().unwrap(), "20=web".parse().unwrap()];
         let got = bind(&admission(&h, TCP, 0), &specs, &vms, 0).unwrap();
-        assert_eq!((got.pid, got.name.as_str(), got.by), (20, "web", BoundBy::Explicit));
-        let single = [VmSpec { pid: 10, name: None }];
-        assert_eq!(bind(&admission(&h, TCP, 0), &single, &vms, 0).unwrap().pid, 10);
-        let gone = [VmSpec { pid: 99, name: None }];
-        assert!(bind(&admission(&h, TCP, 0), &gone, &vms, 0).unwrap_err().contains("99"));
+        assert_eq!(
+            (got.pid, got.name.as_str(), got.by),
+            (20, "web", BoundBy::Explicit)
+        );
+        let single = [VmSpec {
+            pid: 10,
+            name: None,
+        }];
+        assert_eq!(
+            bind(&admission(&h, TCP, 0), &single, &vms, 0).unwrap().pid,
+            10
+        );
+        let gone = [VmSpec {
+            pid: 99,
+            name: None,
+        }];
+        assert!(
+            bind(&admission(&h, TCP, 0), &gone, &vms, 0)
+                .unwrap_err()
+                .contains("99")
+        );
         let other = hello("mail", &[]);
-        assert!(bind(&admission(&other, TCP, 0), &specs, &vms, 0).is_err(), "two specs, no name match");
+        assert!(
+            bind(&admission(&other, TCP, 0), &specs, &vms, 0).is_err(),
+            "two specs, no name match"
+        );
     }
 }

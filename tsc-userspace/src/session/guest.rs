@@ -36,10 +36,18 @@ impl Agent {
     }
 
     /// Converts every event of a page to host time, in page order.
-    pub(super) fn convert(&mut self, page: &EventPage, vm: Option<&VmState>, sources: &mut Sources) -> Vec<MergeItem> {
+    pub(super) fn convert(
+        &mut self,
+        page: &EventPage,
+        vm: Option<&VmState>,
+        sources: &mut Sources,
+    ) -> Vec<MergeItem> {
         let vcpu = self.vcpu_of.get(&page.cpu).copied();
         let timeline = vm.zip(vcpu).and_then(|(vm, v)| vm.vcpus.get(&v));
-        let fallback = vm.and_then(|vm| vcpu.and_then(|v| vm.current.get(&v)).or(vm.current.values().next()));
+        let fallback = vm.and_then(|vm| {
+            vcpu.and_then(|v| vm.current.get(&v))
+                .or(vm.current.values().next())
+        });
         let not_applied = vm.is_some_and(|vm| vm.not_applied);
         let cursor = self.cursors.entry(page.cpu).or_default();
         let mut items = Vec::with_capacity(page.count);
@@ -47,7 +55,9 @@ impl Agent {
             if let (Some(pid), Some(comm)) = (event.pid, event.comm) {
                 sources.set_comm(self.source, pid, comm);
             }
-            let Some(data) = EventData::from_page(page.bytes(), event.data) else { continue };
+            let Some(data) = EventData::from_page(page.bytes(), event.data) else {
+                continue;
+            };
             let (host_tsc, epoch, mut flags) = place(timeline, fallback, cursor, event.tsc);
             if not_applied {
                 flags.insert(Flags::OFFSET_NOT_APPLIED);
@@ -89,6 +99,8 @@ fn place(
         }
         return (a.host, Some(a.epoch), flags);
     }
-    let host = fallback.and_then(|p| p.host_from_guest(guest).ok()).unwrap_or(guest);
+    let host = fallback
+        .and_then(|p| p.host_from_guest(guest).ok())
+        .unwrap_or(guest);
     (host, None, Flags::OUTSIDE_EPOCH)
 }

@@ -72,7 +72,11 @@ impl HostTrace {
         if !self.filter_by_vm {
             return Ok(());
         }
-        let tids: Vec<String> = pids.iter().flat_map(|&pid| threads(pid)).map(|t| t.to_string()).collect();
+        let tids: Vec<String> = pids
+            .iter()
+            .flat_map(|&pid| threads(pid))
+            .map(|t| t.to_string())
+            .collect();
         if tids.is_empty() {
             return Ok(());
         }
@@ -102,6 +106,10 @@ impl HostTrace {
 /// Thread ids of a process (vCPU threads are where kvm events fire).
 fn threads(pid: u32) -> Vec<u32> {
     fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

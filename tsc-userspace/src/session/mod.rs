@@ -29,8 +29,8 @@ use crate::{
     ebpf::LoadOptions,
     ingest::{ConnId, Ingest, IngestConfig, IngestError, IngestItem, SockAddr},
     merge::{EventData, MergeConfig, MergeItem, Merger, SourceId, SourceInfo, SourceKind, Sources},
-    output::{EventWriter, WriteContext},
     offsets::monitor::{Monitor, MonitorError, MonitorOptions},
+    output::{EventWriter, WriteContext},
     tracefs::{EventName, Page, TracefsError},
     wire::{Endpoint, Page as WirePage},
 };
@@ -55,7 +55,9 @@ pub enum SessionError {
     #[error("host trace: {0}")]
     Tracefs(#[from] TracefsError),
     /// A `--vm` names a process with no VM.
-    #[error("--vm {0}: no KVM VM with vCPUs in that process (is the pid right? `tsc-tracer offsets` lists VMs)")]
+    #[error(
+        "--vm {0}: no KVM VM with vCPUs in that process (is the pid right? `tsc-tracer offsets` lists VMs)"
+    )]
     UnknownVm(u32),
     /// Writing the output failed.
     #[error("writing the timeline: {0}")]
@@ -134,7 +136,10 @@ impl Session {
     /// Must run inside a tokio runtime.
     pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
         let clock = Clock::calibrate()?;
-        let monitor = Monitor::start(MonitorOptions { load: options.load.clone(), ..MonitorOptions::default() })?;
+        let monitor = Monitor::start(MonitorOptions {
+            load: options.load.clone(),
+            ..MonitorOptions::default()
+        })?;
         let mut vms = Vms::default();
         for event in monitor.map().snapshot() {
             vms.apply(&event, &clock);
@@ -160,8 +165,17 @@ impl Session {
         let host = HostTrace::start(&events, filter)?;
         let mut sources = Sources::new();
         let host_source = sources
-            .add(SourceInfo { kind: SourceKind::Host, name: host.name().to_owned(), formats: host.formats.clone() })
-            .map_err(|e| SessionError::Tracefs(TracefsError::Io { path: "sources".into(), source: std::io::Error::other(e) }))?;
+            .add(SourceInfo {
+                kind: SourceKind::Host,
+                name: host.name().to_owned(),
+                formats: host.formats.clone(),
+            })
+            .map_err(|e| {
+                SessionError::Tracefs(TracefsError::Io {
+                    path: "sources".into(),
+                    source: std::io::Error::other(e),
+                })
+            })?;
         let merger = Merger::new(MergeConfig::new(ticks(&clock, options.window)));
         Ok(Self {
             monitor,
@@ -191,7 +205,11 @@ impl Session {
 
     /// Runs until `shutdown` completes, writing the timeline to `sink`;
     /// then flushes everything held and returns what happened.
-    pub async fn run(mut self, sink: &mut dyn EventWriter, shutdown: impl Future<Output = ()>) -> Result<Summary, SessionError> {
+    pub async fn run(
+        mut self,
+        sink: &mut dyn EventWriter,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Summary, SessionError> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -224,14 +242,21 @@ impl Session {
             tracing::warn!("following the bound VMs' threads on the host: {err}");
         }
         let agents = &self.agents;
-        self.vms.reap(|pid| agents.values().any(|a| a.binding.pid == pid));
+        self.vms
+            .reap(|pid| agents.values().any(|a| a.binding.pid == pid));
     }
 
-    fn on_ingest(&mut self, item: IngestItem, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
+    fn on_ingest(
+        &mut self,
+        item: IngestItem,
+        sink: &mut dyn EventWriter,
+    ) -> Result<(), SessionError> {
         match item {
             IngestItem::Connected(info) => self.on_connected(&info),
             IngestItem::Events(page) => {
-                let Some(agent) = self.agents.get_mut(&page.conn) else { return Ok(()) };
+                let Some(agent) = self.agents.get_mut(&page.conn) else {
+                    return Ok(());
+                };
                 let vm = self.vms.get(agent.binding.pid);
                 for item in agent.convert(&page, vm, &mut self.sources) {
                     self.stats.guest_events += 1;
@@ -240,14 +265,25 @@ impl Session {
                     }
                 }
             }
-            IngestItem::Lost { conn, cpu, new, total } => {
+            IngestItem::Lost {
+                conn,
+                cpu,
+                new,
+                total,
+            } => {
                 self.stats.guest_lost += new;
-                tracing::warn!("agent {conn}: the guest lost {new} events on CPU {cpu} ({total} in all)");
+                tracing::warn!(
+                    "agent {conn}: the guest lost {new} events on CPU {cpu} ({total} in all)"
+                );
             }
             IngestItem::BadPage { conn, cpu, error } => {
                 tracing::warn!("agent {conn}: skipped a page of CPU {cpu}: {error}");
             }
-            IngestItem::Closed { conn, peer, outcome } => {
+            IngestItem::Closed {
+                conn,
+                peer,
+                outcome,
+            } => {
                 if let Some(agent) = self.agents.remove(&conn) {
                     self.merger.close_source(agent.source);
                 }
@@ -259,19 +295,28 @@ impl Session {
                     Err(err) => tracing::warn!("agent {conn} ({peer}) dropped: {err}"),
                 }
             }
-            IngestItem::TscSample { .. } | IngestItem::Page { .. } | IngestItem::Cmdlines { .. } => {}
+            IngestItem::TscSample { .. }
+            | IngestItem::Page { .. }
+            | IngestItem::Cmdlines { .. } => {}
         }
         Ok(())
     }
 
     fn on_connected(&mut self, info: &crate::ingest::ConnectionInfo) {
-        let binding = self.admissions.lock().ok().and_then(|s| s.bound.get(&info.id).cloned());
+        let binding = self
+            .admissions
+            .lock()
+            .ok()
+            .and_then(|s| s.bound.get(&info.id).cloned());
         let Some(binding) = binding else {
             tracing::warn!("agent {} connected without a binding; ignoring it", info.id);
             return;
         };
         let source = self.sources.add(SourceInfo {
-            kind: SourceKind::Guest { vm_name: binding.name.clone(), vm_pid: binding.pid },
+            kind: SourceKind::Guest {
+                vm_name: binding.name.clone(),
+                vm_pid: binding.pid,
+            },
             name: info.peer.to_string(),
             formats: Arc::new(info.guest.formats().clone()),
         });
@@ -292,14 +337,19 @@ impl Session {
             binding.by
         );
         let pid = binding.pid;
-        self.agents.insert(info.id, Agent::new(source, binding, &info.hello));
+        self.agents
+            .insert(info.id, Agent::new(source, binding, &info.hello));
         let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
         if let Err(err) = self.host.follow_vms(&bound) {
             tracing::warn!("tracing VM {pid}'s threads on the host: {err}");
         }
     }
 
-    fn on_host_page(&mut self, page: &WirePage, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
+    fn on_host_page(
+        &mut self,
+        page: &WirePage,
+        sink: &mut dyn EventWriter,
+    ) -> Result<(), SessionError> {
         let parsed = match Page::parse(&self.host.layout, &page.data) {
             Ok(parsed) => parsed,
             Err(err) => {
@@ -311,7 +361,9 @@ impl Session {
             self.stats.host_lost += n;
         }
         for raw in parsed.events().filter_map(Result::ok) {
-            let Some(data) = EventData::from_page(&page.data, raw.data) else { continue };
+            let Some(data) = EventData::from_page(&page.data, raw.data) else {
+                continue;
+            };
             let item = MergeItem::host(self.host_source, page.cpu, raw.ts, data);
             self.sources.learn_comms(&item);
             self.stats.host_events += 1;
@@ -326,7 +378,8 @@ impl Session {
         let now = read_tsc();
         let lag = ticks(&self.clock, HOST_LAG);
         for cpu in 0..self.host_cpus() {
-            self.merger.advance(self.host_source, cpu, now.saturating_sub(lag));
+            self.merger
+                .advance(self.host_source, cpu, now.saturating_sub(lag));
         }
         if self.last_clock_refresh.elapsed() >= CLOCK_REFRESH {
             if let Err(err) = self.clock.refresh() {
@@ -334,7 +387,8 @@ impl Session {
             }
             self.last_clock_refresh = Instant::now();
         }
-        self.stats.maybe_status(&self.merger, self.agents.len(), self.bound_vms());
+        self.stats
+            .maybe_status(&self.merger, self.agents.len(), self.bound_vms());
     }
 
     fn host_cpus(&self) -> u32 {
@@ -352,8 +406,14 @@ impl Session {
     fn release(&mut self, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
-        let ctx = WriteContext { sources: &self.sources, clock: &to_ns };
-        let n = self.merger.pop_ready(read_tsc(), |item| sink.write(&ctx, &item)).map_err(SessionError::Output)?;
+        let ctx = WriteContext {
+            sources: &self.sources,
+            clock: &to_ns,
+        };
+        let n = self
+            .merger
+            .pop_ready(read_tsc(), |item| sink.write(&ctx, &item))
+            .map_err(SessionError::Output)?;
         if n > 0 {
             sink.flush().map_err(SessionError::Output)?;
         }
@@ -371,20 +431,40 @@ impl Session {
         }
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
-        let ctx = WriteContext { sources: &self.sources, clock: &to_ns };
-        self.merger.flush_all(|item| sink.write(&ctx, &item)).map_err(SessionError::Output)?;
+        let ctx = WriteContext {
+            sources: &self.sources,
+            clock: &to_ns,
+        };
+        self.merger
+            .flush_all(|item| sink.write(&ctx, &item))
+            .map_err(SessionError::Output)?;
         sink.flush().map_err(SessionError::Output)?;
         Ok(self.stats.summary(&self.merger))
     }
 }
 
-fn write(sink: &mut dyn EventWriter, sources: &Sources, clock: &Clock, item: &MergeItem) -> Result<(), SessionError> {
+fn write(
+    sink: &mut dyn EventWriter,
+    sources: &Sources,
+    clock: &Clock,
+    item: &MergeItem,
+) -> Result<(), SessionError> {
     let to_ns = |tsc| clock.tsc_to_ns(tsc);
-    sink.write(&WriteContext { sources, clock: &to_ns }, item).map_err(SessionError::Output)
+    sink.write(
+        &WriteContext {
+            sources,
+            clock: &to_ns,
+        },
+        item,
+    )
+    .map_err(SessionError::Output)
 }
 
 fn default_host_events() -> Vec<EventName> {
-    host::DEFAULT_HOST_EVENTS.iter().filter_map(|e| e.parse().ok()).collect()
+    host::DEFAULT_HOST_EVENTS
+        .iter()
+        .filter_map(|e| e.parse().ok())
+        .collect()
 }
 
 /// Host TSC ticks in `d`.
@@ -394,7 +474,9 @@ fn ticks(clock: &Clock, d: Duration) -> u64 {
 
 fn admit(shared: Arc<Mutex<Admissions>>) -> crate::ingest::Admit {
     crate::ingest::Admit(Arc::new(move |admission| {
-        let mut state = shared.lock().map_err(|_| "the session is shutting down".to_owned())?;
+        let mut state = shared
+            .lock()
+            .map_err(|_| "the session is shutting down".to_owned())?;
         let binding = bind::bind(admission, &state.specs, &state.candidates, state.slack)?;
         state.bound.insert(admission.id, binding);
         Ok(())

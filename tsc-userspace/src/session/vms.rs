@@ -58,7 +58,9 @@ impl Vms {
             not_applied: false,
             exited: false,
         });
-        let Some(params) = params_in_force(event, vm, vcpu) else { return };
+        let Some(params) = params_in_force(event, vm, vcpu) else {
+            return;
+        };
         if let (Some(asked), Some(held)) = (event.offset, event.effective_offset) {
             vm.not_applied |= asked != held;
         }
@@ -113,7 +115,9 @@ impl Vms {
 fn params_in_force(event: &OffsetEvent, vm: &VmState, vcpu: u32) -> Option<TscParams> {
     let offset = match (event.effective_offset, event.offset) {
         (Some(held), _) => held,
-        (None, Some(asked)) if vm.not_applied => vm.current.get(&vcpu).map_or(asked, |p| p.offset() as i64),
+        (None, Some(asked)) if vm.not_applied => {
+            vm.current.get(&vcpu).map_or(asked, |p| p.offset() as i64)
+        }
         (None, Some(asked)) => asked,
         (None, None) => return None,
     };
