@@ -41,6 +41,7 @@ mod format;
 mod instance;
 mod mount;
 mod page;
+mod page_builder;
 mod pipe;
 mod registry;
 pub mod tracedat;
@@ -54,6 +55,7 @@ pub use format::{
 pub use instance::{EventName, Instance, InstanceOptions, TraceMarker};
 pub use mount::{DEFAULT_TRACEFS, Tracefs, find_in_mounts, parse_cpu_list, parse_saved_cmdlines};
 pub use page::{Events, LostEvents, Page, PageError, PageLayout, RawEvent};
+pub use page_builder::{PageBuildError, PageBuilder};
 pub use pipe::{AsyncRawPipe, RawPipe};
 pub use registry::{cleanup_live_instances, install_panic_hook, shutdown_signal};
 

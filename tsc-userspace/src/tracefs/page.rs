@@ -41,9 +41,13 @@ use super::format::{self, FieldDecl};
 /// `type_len` of a padding record.
 const PADDING: u32 = 29;
 /// `type_len` of a time-extend record.
-const TIME_EXTEND: u32 = 30;
+pub(super) const TIME_EXTEND: u32 = 30;
+/// `type_len` of an absolute time stamp record.
+pub(super) const TIME_STAMP: u32 = 31;
+/// Largest `type_len` of an event whose length is in its header.
+pub(super) const MAX_SMALL_TYPE_LEN: u32 = 28;
 /// Bits of `time_delta` in a record header; a time extend holds the rest.
-const TS_SHIFT: u32 = 27;
+pub(super) const TS_SHIFT: u32 = 27;
 /// The top 5 bits of a time stamp, which an absolute time stamp does not hold.
 const TS_MSB: u64 = 0xf8 << 56;
 /// Bits of `commit` that count bytes (as libtraceevent reads it).
@@ -162,6 +166,16 @@ impl PageLayout {
     /// The kernel's `long` size (8 on 64-bit kernels).
     pub fn long_size(&self) -> usize {
         self.long_size
+    }
+
+    /// Offset of the page's `u64` time stamp.
+    pub fn timestamp_offset(&self) -> usize {
+        self.timestamp_offset
+    }
+
+    /// Offset of the page's `commit` word (a kernel `long`).
+    pub fn commit_offset(&self) -> usize {
+        self.commit_offset
     }
 
     fn header_len(&self) -> usize {
@@ -377,7 +391,7 @@ impl<'a> Iterator for Events<'a> {
 
 /// An absolute stamp lacks the top 5 bits: take them from the current time
 /// stamp, and carry once if that made it go backwards (`rb_fix_abs_ts`).
-fn fix_absolute(abs: u64, current: u64) -> u64 {
+pub(super) fn fix_absolute(abs: u64, current: u64) -> u64 {
     if current & TS_MSB == 0 {
         return abs;
     }
