@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod btf;
 pub mod clock;
+pub mod demo;
 pub mod doctor;
 pub mod ebpf;
 pub mod ingest;

@@ -2,6 +2,7 @@
 
 mod agent;
 mod convert;
+mod demo;
 mod doctor;
 mod host;
 mod offsets;
@@ -37,6 +38,7 @@ enum Command {
     Agent(agent::Args),
     /// Merge guest and host kernel traces into one timeline, live.
     Host(host::Args),
+    Demo(demo::Args),
     /// Show the TSC offset of every vCPU of every VM on this host.
     Offsets(offsets::Args),
     /// Check what this host allows (privileges, mounts, KVM, TSC) and how
@@ -52,10 +54,13 @@ enum Command {
 /// Parses the command line, sets up logging and runs the sub-command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    // The demo is a first screen: only problems on top of its own story.
+    let quiet = cli.quiet || (matches!(cli.command, Command::Demo(_)) && cli.verbose == 0);
+    init_logging(cli.verbose, quiet);
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Host(args) => host::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Offsets(args) => offsets::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Convert(args) => convert::run(args),

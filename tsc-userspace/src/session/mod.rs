@@ -74,6 +74,11 @@ pub struct SessionOptions {
     /// Host events; `None` traces the default kvm events of the bound VMs'
     /// threads.
     pub host_events: Option<Vec<EventName>>,
+    /// Trace `host_events` only in the bound VMs' threads, as the default
+    /// events are (else they are traced system-wide).
+    pub host_events_vm_only: bool,
+    /// Show the once-a-second status line on stderr when it is a terminal.
+    pub status_line: bool,
     /// How long an event may wait for slower streams before it is written.
     pub window: Duration,
     /// How long before its Hello an agent's TSC samples may be.
@@ -90,6 +95,8 @@ impl Default for SessionOptions {
             listen: Vec::new(),
             vms: Vec::new(),
             host_events: None,
+            host_events_vm_only: false,
+            status_line: true,
             window: Duration::from_secs(1),
             bind_slack: Duration::from_secs(2),
             load: LoadOptions::default(),
@@ -159,7 +166,7 @@ impl Session {
         ingest_config.admit = Some(admit(admissions.clone()));
         let ingest = Ingest::bind(&options.listen, ingest_config).await?;
         let (events, filter) = match &options.host_events {
-            Some(events) => (events.clone(), false),
+            Some(events) => (events.clone(), options.host_events_vm_only),
             None => (default_host_events(), true),
         };
         let host = HostTrace::start(&events, filter)?;
@@ -188,7 +195,7 @@ impl Session {
             admissions,
             sources,
             merger,
-            stats: stats::Stats::default(),
+            stats: stats::Stats::new(options.status_line),
             last_clock_refresh: Instant::now(),
         })
     }

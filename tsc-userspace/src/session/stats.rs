@@ -43,8 +43,9 @@ pub(super) struct Stats {
     tty: bool,
 }
 
-impl Default for Stats {
-    fn default() -> Self {
+impl Stats {
+    /// Counters; the status line only when asked for and on a terminal.
+    pub(super) fn new(status_line: bool) -> Self {
         Self {
             guest_events: 0,
             host_events: 0,
@@ -52,7 +53,7 @@ impl Default for Stats {
             host_lost: 0,
             last_status: Instant::now(),
             last_total: 0,
-            tty: std::io::stderr().is_terminal(),
+            tty: status_line && std::io::stderr().is_terminal(),
         }
     }
 }

@@ -149,7 +149,8 @@ impl PageBuilder {
             self.records.extend_from_slice(&len.to_le_bytes());
         }
         self.records.extend_from_slice(payload);
-        self.records.resize(self.records.len() + padded - payload.len(), 0);
+        self.records
+            .resize(self.records.len() + padded - payload.len(), 0);
     }
 
     /// The page as `trace_pipe_raw` would hand it out, cut after its

@@ -75,7 +75,11 @@ fn small_event_is_one_header_word_then_payload() {
     assert_eq!(&page[..8], &1000u64.to_le_bytes(), "page time stamp");
     assert_eq!(&page[8..16], &20u64.to_le_bytes(), "commit: 4+8 + 4+4");
     assert_eq!(&page[16..20], &2u32.to_le_bytes(), "type_len 2, delta 0");
-    assert_eq!(&page[28..32], &(1u32 | 3 << 5).to_le_bytes(), "type_len 1, delta 3");
+    assert_eq!(
+        &page[28..32],
+        &(1u32 | 3 << 5).to_le_bytes(),
+        "type_len 1, delta 3"
+    );
     assert_eq!(page.len(), 16 + 20, "cut after the records");
 }
 
@@ -87,7 +91,11 @@ fn big_and_empty_payloads_use_the_length_word() {
         (7, vec![1u8; 112]), // exactly 28 words: still small
     ];
     let page = &build(layout(), &events)[0];
-    assert_eq!(&page[16..24], &[0, 0, 0, 0, 120, 0, 0, 0], "type_len 0, len+4");
+    assert_eq!(
+        &page[16..24],
+        &[0, 0, 0, 0, 120, 0, 0, 0],
+        "type_len 0, len+4"
+    );
     assert_eq!(decode(&layout(), page), expected(&events));
     let small = 16 + 8 + 116 + 8 + 0;
     assert_eq!(page[small] & 0x1f, 28);
@@ -104,7 +112,10 @@ fn big_gaps_get_a_time_extend_before_the_event() {
     ];
     let page = &build(layout(), &events)[0];
     assert_eq!(decode(&layout(), page), expected(&events));
-    let types: Vec<u8> = [16, 24, 32, 40, 48, 56].iter().map(|&i| page[i] & 0x1f).collect();
+    let types: Vec<u8> = [16, 24, 32, 40, 48, 56]
+        .iter()
+        .map(|&i| page[i] & 0x1f)
+        .collect();
     assert_eq!(types, [1, 1, 30, 1, 30, 1]);
 }
 
@@ -158,7 +169,10 @@ fn an_event_larger_than_a_page_is_an_error() {
             room: 4080
         }
     );
-    assert!(b.push(1, &[0; 4072]).unwrap(), "len word + 4072 fills it exactly");
+    assert!(
+        b.push(1, &[0; 4072]).unwrap(),
+        "len word + 4072 fills it exactly"
+    );
 }
 
 #[test]
