@@ -102,9 +102,14 @@ impl Debugfs {
         let mut vms = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some((pid, fd)) = name.to_str().and_then(parse_vm_dir) else {
+            let Some((tid, fd)) = name.to_str().and_then(parse_vm_dir) else {
                 continue;
             };
+            // KVM names the directory after the creating thread
+            // (`task_pid_nr(current)`), which is the process only when the
+            // VMM made its VM on its main thread. A thread already gone
+            // leaves its id: the tracepoint's tgid names the VM later.
+            let pid = crate::process::tgid(tid).unwrap_or(tid);
             vms.push(VmDir {
                 pid,
                 fd,
