@@ -207,7 +207,7 @@ impl Session {
     /// then flushes everything held and returns what happened.
     pub async fn run(
         mut self,
-        sink: &mut dyn EventWriter,
+        sink: &mut (dyn EventWriter + Send),
         shutdown: impl Future<Output = ()>,
     ) -> Result<Summary, SessionError> {
         tokio::pin!(shutdown);
@@ -249,7 +249,7 @@ impl Session {
     fn on_ingest(
         &mut self,
         item: IngestItem,
-        sink: &mut dyn EventWriter,
+        sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
         match item {
             IngestItem::Connected(info) => self.on_connected(&info),
@@ -348,7 +348,7 @@ impl Session {
     fn on_host_page(
         &mut self,
         page: &WirePage,
-        sink: &mut dyn EventWriter,
+        sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
         let parsed = match Page::parse(&self.host.layout, &page.data) {
             Ok(parsed) => parsed,
@@ -403,7 +403,7 @@ impl Session {
     }
 
     /// Writes what the merge releases now.
-    fn release(&mut self, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
+    fn release(&mut self, sink: &mut (dyn EventWriter + Send)) -> Result<(), SessionError> {
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
         let ctx = WriteContext {
@@ -420,7 +420,7 @@ impl Session {
         Ok(())
     }
 
-    async fn finish(mut self, sink: &mut dyn EventWriter) -> Result<Summary, SessionError> {
+    async fn finish(mut self, sink: &mut (dyn EventWriter + Send)) -> Result<Summary, SessionError> {
         self.host.stop().await;
         while let Ok(page) = self.host.pages.try_recv() {
             self.on_host_page(&page, sink)?;
@@ -444,7 +444,7 @@ impl Session {
 }
 
 fn write(
-    sink: &mut dyn EventWriter,
+    sink: &mut (dyn EventWriter + Send),
     sources: &Sources,
     clock: &Clock,
     item: &MergeItem,
