@@ -9,12 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::{
-    io::AsyncWriteExt,
-    net::TcpStream,
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream, sync::oneshot, task::JoinHandle};
 use tsc_userspace::{
     agent::{Agent, AgentConfig, AgentError},
     clock::read_tsc,
@@ -69,17 +64,30 @@ async fn start_session(vms: Vec<VmSpec>) -> Running {
         listen: vec!["tcp:127.0.0.1:0".parse().unwrap()],
         vms,
         window: Duration::from_millis(300),
-        load: tsc_userspace::ebpf::LoadOptions { pin_path: None, ..Default::default() },
+        load: tsc_userspace::ebpf::LoadOptions {
+            pin_path: None,
+            ..Default::default()
+        },
         ..SessionOptions::default()
     };
     let session = Session::start(options).await.expect("session starts");
-    let SockAddr::Tcp(addr) = session.local_addrs()[0] else { panic!("tcp listener") };
-    let endpoint = Endpoint::Tcp { host: "127.0.0.1".into(), port: addr.port() };
+    let SockAddr::Tcp(addr) = session.local_addrs()[0] else {
+        panic!("tcp listener")
+    };
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+    };
     let out = Shared::default();
     let writer_out = out.clone();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
-        let mut writer = output::writer(OutputFormat::Json, ClockMode::Tsc, FlushPolicy::Batch, writer_out);
+        let mut writer = output::writer(
+            OutputFormat::Json,
+            ClockMode::Tsc,
+            FlushPolicy::Batch,
+            writer_out,
+        );
         session
             .run(writer.as_mut(), async {
                 let _ = stopped.await;
@@ -87,7 +95,12 @@ async fn start_session(vms: Vec<VmSpec>) -> Running {
             .await
             .expect("session runs")
     });
-    Running { endpoint, stop, task, out }
+    Running {
+        endpoint,
+        stop,
+        task,
+        out,
+    }
 }
 
 impl Running {
@@ -116,7 +129,10 @@ async fn agent_with_markers(
     name: &str,
     tag: &str,
     n: usize,
-) -> (oneshot::Sender<()>, JoinHandle<Result<tsc_userspace::agent::AgentReport, AgentError>>) {
+) -> (
+    oneshot::Sender<()>,
+    JoinHandle<Result<tsc_userspace::agent::AgentReport, AgentError>>,
+) {
     let agent = Agent::start(agent_config(endpoint, name)).expect("agent starts");
     let mut marker = agent.instance().trace_marker().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -142,7 +158,11 @@ fn of_event<'a>(events: &'a [Value], name: &str) -> impl Iterator<Item = &'a Val
 
 fn markers<'a>(events: &'a [Value], tag: &str) -> Vec<&'a Value> {
     of_event(events, "ftrace:print")
-        .filter(|e| e["fields"]["buf"].as_str().is_some_and(|b| b.starts_with(&format!("{tag} "))))
+        .filter(|e| {
+            e["fields"]["buf"]
+                .as_str()
+                .is_some_and(|b| b.starts_with(&format!("{tag} ")))
+        })
         .collect()
 }
 
@@ -154,10 +174,15 @@ async fn agent_bound_with_vm_merges_host_and_guest_events_in_order() {
     let _serial = SERIAL.lock().await;
     let mut child = Child::spawn(BINARY).unwrap();
     vm(&mut child, &[0]);
-    let session = start_session(vec![VmSpec { pid: child.pid(), name: Some("g1".into()) }]).await;
+    let session = start_session(vec![VmSpec {
+        pid: child.pid(),
+        name: Some("g1".into()),
+    }])
+    .await;
     const MARKERS: usize = 500;
     let before = read_tsc();
-    let (stop_agent, agent) = agent_with_markers(&session.endpoint, "g1", "session-test", MARKERS).await;
+    let (stop_agent, agent) =
+        agent_with_markers(&session.endpoint, "g1", "session-test", MARKERS).await;
     let after = read_tsc();
     // The guest program's MMIO exits are kvm_userspace_exit events of the
     // VM's vCPU thread on the host.
@@ -180,10 +205,16 @@ async fn agent_bound_with_vm_merges_host_and_guest_events_in_order() {
         assert_eq!(e["source"], "guest");
         assert_eq!(e["vm"], "g1");
         assert_eq!(e["vm_pid"], child.pid());
-        assert_eq!(e["fields"]["buf"].as_str().unwrap().trim_end(), format!("session-test {i}"));
+        assert_eq!(
+            e["fields"]["buf"].as_str().unwrap().trim_end(),
+            format!("session-test {i}")
+        );
         let host = e["host_tsc"].as_u64().unwrap();
         // On this host the "guest" is the host itself: offset 0 in effect.
-        assert!((before..=after).contains(&host), "marker {i} at {host} outside [{before}, {after}]");
+        assert!(
+            (before..=after).contains(&host),
+            "marker {i} at {host} outside [{before}, {after}]"
+        );
     }
     let exits: Vec<&Value> = of_event(&events, "kvm:kvm_userspace_exit").collect();
     assert!(
@@ -194,17 +225,36 @@ async fn agent_bound_with_vm_merges_host_and_guest_events_in_order() {
     for e in &exits {
         assert_eq!(e["source"], "host");
         let t = e["host_tsc"].as_u64().unwrap();
-        assert!((run.host_before..=run.host_after).contains(&t), "exit at {t} outside the KVM_RUN bracket");
+        assert!(
+            (run.host_before..=run.host_after).contains(&t),
+            "exit at {t} outside the KVM_RUN bracket"
+        );
     }
-    let tscs: Vec<u64> = events.iter().filter(|e| !flagged(e, "late")).map(|e| e["host_tsc"].as_u64().unwrap()).collect();
-    assert!(tscs.windows(2).all(|w| w[0] <= w[1]), "the timeline is ordered by host time");
-    assert_eq!(summary.late as usize, events.iter().filter(|e| flagged(e, "late")).count());
-    assert_eq!(summary.emitted as usize, events.len(), "the summary counts what was written");
+    let tscs: Vec<u64> = events
+        .iter()
+        .filter(|e| !flagged(e, "late"))
+        .map(|e| e["host_tsc"].as_u64().unwrap())
+        .collect();
+    assert!(
+        tscs.windows(2).all(|w| w[0] <= w[1]),
+        "the timeline is ordered by host time"
+    );
+    assert_eq!(
+        summary.late as usize,
+        events.iter().filter(|e| flagged(e, "late")).count()
+    );
+    assert_eq!(
+        summary.emitted as usize,
+        events.len(),
+        "the summary counts what was written"
+    );
     drop(child);
 }
 
 fn flagged(e: &Value, flag: &str) -> bool {
-    e["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == flag))
+    e["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,8 +267,14 @@ async fn two_agents_two_vms_no_cross_talk_and_an_ambiguous_agent_is_refused() {
     vm(&mut a, &[0]);
     vm(&mut b, &[0, 1]);
     let specs = vec![
-        VmSpec { pid: a.pid(), name: Some("alpha".into()) },
-        VmSpec { pid: b.pid(), name: Some("beta".into()) },
+        VmSpec {
+            pid: a.pid(),
+            name: Some("alpha".into()),
+        },
+        VmSpec {
+            pid: b.pid(),
+            name: Some("beta".into()),
+        },
     ];
     let session = start_session(specs).await;
     let (stop_a, agent_a) = agent_with_markers(&session.endpoint, "alpha", "from-alpha", 200).await;
@@ -229,10 +285,23 @@ async fn two_agents_two_vms_no_cross_talk_and_an_ambiguous_agent_is_refused() {
     agent_b.await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, events) = session.finish().await;
-    let (from_a, from_b) = (markers(&events, "from-alpha"), markers(&events, "from-beta"));
+    let (from_a, from_b) = (
+        markers(&events, "from-alpha"),
+        markers(&events, "from-beta"),
+    );
     assert_eq!((from_a.len(), from_b.len()), (200, 300));
-    assert!(from_a.iter().all(|e| e["vm"] == "alpha" && e["vm_pid"] == a.pid()), "alpha's events are alpha's");
-    assert!(from_b.iter().all(|e| e["vm"] == "beta" && e["vm_pid"] == b.pid()), "beta's events are beta's");
+    assert!(
+        from_a
+            .iter()
+            .all(|e| e["vm"] == "alpha" && e["vm_pid"] == a.pid()),
+        "alpha's events are alpha's"
+    );
+    assert!(
+        from_b
+            .iter()
+            .all(|e| e["vm"] == "beta" && e["vm_pid"] == b.pid()),
+        "beta's events are beta's"
+    );
 
     // Without --vm, on a host where both VMs' offsets explain the agent's
     // TSC readings (PVM: all VMs hold offset 0), the agent is refused.
@@ -240,9 +309,14 @@ async fn two_agents_two_vms_no_cross_talk_and_an_ambiguous_agent_is_refused() {
         let session = start_session(Vec::new()).await;
         let agent = Agent::start(agent_config(&session.endpoint, "who")).unwrap();
         let result = agent.run(std::future::pending()).await;
-        let err = result.expect_err("an ambiguous agent is refused").to_string();
+        let err = result
+            .expect_err("an ambiguous agent is refused")
+            .to_string();
         assert!(err.contains("--vm"), "the refusal asks for --vm: {err}");
-        assert!(err.contains(&a.pid().to_string()) && err.contains(&b.pid().to_string()), "{err}");
+        assert!(
+            err.contains(&a.pid().to_string()) && err.contains(&b.pid().to_string()),
+            "{err}"
+        );
         session.finish().await;
     }
 }
@@ -255,8 +329,14 @@ async fn hostile_agents_end_their_own_connection_and_the_good_one_is_complete() 
     let _serial = SERIAL.lock().await;
     let mut child = Child::spawn(BINARY).unwrap();
     vm(&mut child, &[0]);
-    let session = start_session(vec![VmSpec { pid: child.pid(), name: Some("good".into()) }]).await;
-    let Endpoint::Tcp { port, .. } = session.endpoint else { unreachable!() };
+    let session = start_session(vec![VmSpec {
+        pid: child.pid(),
+        name: Some("good".into()),
+    }])
+    .await;
+    let Endpoint::Tcp { port, .. } = session.endpoint else {
+        unreachable!()
+    };
     let addr = format!("127.0.0.1:{port}");
     let mut hostile = Vec::new();
     // Garbage, an oversize length, a header then silence-and-close mid-frame,

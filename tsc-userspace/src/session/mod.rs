@@ -420,7 +420,10 @@ impl Session {
         Ok(())
     }
 
-    async fn finish(mut self, sink: &mut (dyn EventWriter + Send)) -> Result<Summary, SessionError> {
+    async fn finish(
+        mut self,
+        sink: &mut (dyn EventWriter + Send),
+    ) -> Result<Summary, SessionError> {
         self.host.stop().await;
         while let Ok(page) = self.host.pages.try_recv() {
             self.on_host_page(&page, sink)?;
@@ -482,3 +485,6 @@ fn admit(shared: Arc<Mutex<Admissions>>) -> crate::ingest::Admit {
         Ok(())
     }))
 }
+
+#[cfg(test)]
+mod tests;
