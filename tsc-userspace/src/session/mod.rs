@@ -121,6 +121,8 @@ pub struct Session {
     merger: Merger,
     stats: stats::Stats,
     last_clock_refresh: Instant,
+    /// Sources of agents that left, dropped once their last event is out.
+    departed: Vec<SourceId>,
 }
 
 /// How often the clock calibration is refreshed (bounds drift).
@@ -190,6 +192,7 @@ impl Session {
             merger,
             stats: stats::Stats::default(),
             last_clock_refresh: Instant::now(),
+            departed: Vec::new(),
         })
     }
 
@@ -286,6 +289,7 @@ impl Session {
             } => {
                 if let Some(agent) = self.agents.remove(&conn) {
                     self.merger.close_source(agent.source);
+                    self.departed.push(agent.source);
                 }
                 if let Ok(mut shared) = self.admissions.lock() {
                     shared.bound.remove(&conn);
