@@ -97,7 +97,8 @@ fn big_and_empty_payloads_use_the_length_word() {
         "type_len 0, len+4"
     );
     assert_eq!(decode(&layout(), page), expected(&events));
-    let small = 16 + 8 + 116 + 8 + 0;
+    // Page header, big event (header, length word, 116 bytes), empty event.
+    let small = 16 + 8 + 116 + 8;
     assert_eq!(page[small] & 0x1f, 28);
 }
 
