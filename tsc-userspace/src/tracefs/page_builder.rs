@@ -2,10 +2,12 @@
 //! [`Page`](super::Page), for sources that are not a kernel (the demo's
 //! toy guest, tests, benchmarks).
 //!
-//! Records follow `rb_update_event()` in the kernel's
-//! `kernel/trace/ring_buffer.c`: a payload is rounded up to 4 bytes; one of
-//! up to 112 bytes keeps its length in `type_len` (`len / 4`), a longer (or
-//! empty) one has `type_len` 0 and `array[0] = len + 4`. The first event of
+//! Records follow `rb_calculate_event_length()` and `rb_update_event()` in
+//! the kernel's `kernel/trace/ring_buffer.c`: a payload is rounded up to 4
+//! bytes, and one of 8 bytes to 12 (a 12-byte record could not be turned
+//! into a time extend plus padding); one of up to 112 bytes keeps its length
+//! in `type_len` (`len / 4`), a longer (or empty) one has `type_len` 0 and
+//! `array[0] = len + 4`. The first event of
 //! a page carries the page's time stamp and a delta of 0; a later one carries
 //! its distance from the previous event in `time_delta` when that fits in 27
 //! bits, else a time-extend record (`type_len` 30) holding the delta goes
@@ -139,7 +141,7 @@ impl PageBuilder {
     }
 
     fn event(&mut self, delta: u32, payload: &[u8]) {
-        let padded = payload.len().div_ceil(WORD) * WORD;
+        let padded = padded_len(payload.len());
         let words = (padded / WORD) as u32;
         if (1..=MAX_SMALL_TYPE_LEN).contains(&words) {
             self.word(words, delta);
@@ -179,9 +181,19 @@ fn room(layout: &PageLayout) -> usize {
     layout.page_size().saturating_sub(layout.data_offset())
 }
 
+/// Payload bytes an event of `len` bytes takes in its record.
+fn padded_len(len: usize) -> usize {
+    match len.div_ceil(WORD) * WORD {
+        // The kernel keeps records of 12 bytes (header + 8) out: a record
+        // is 8 bytes (a time extend) or at least 16 (room for padding).
+        8 => 12,
+        padded => padded,
+    }
+}
+
 /// Bytes an event record of `len` payload bytes takes.
 fn event_len(len: usize) -> usize {
-    let padded = len.div_ceil(WORD) * WORD;
+    let padded = padded_len(len);
     if (1..=MAX_SMALL_TYPE_LEN as usize).contains(&(padded / WORD)) {
         WORD + padded
     } else {

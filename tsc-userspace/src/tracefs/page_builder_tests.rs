@@ -32,10 +32,15 @@ fn decode(layout: &PageLayout, page: &[u8]) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
-/// What the decoder gives back for a payload: rounded up to 4 with zeros.
+/// What the decoder gives back for a payload: rounded up to 4 with zeros,
+/// and 8 bytes to 12.
 fn padded(payload: &[u8]) -> Vec<u8> {
     let mut p = payload.to_vec();
-    p.resize(payload.len().div_ceil(4) * 4, 0);
+    let len = match payload.len().div_ceil(4) * 4 {
+        8 => 12,
+        n => n,
+    };
+    p.resize(len, 0);
     p
 }
 
@@ -69,18 +74,28 @@ fn expected(events: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
 #[test]
 fn small_event_is_one_header_word_then_payload() {
     let mut b = PageBuilder::new(layout());
-    assert!(b.push(1000, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap());
+    assert!(
+        b.push(1000, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+            .unwrap()
+    );
     assert!(b.push(1003, &[9, 9, 9, 9]).unwrap());
     let page = b.finish();
     assert_eq!(&page[..8], &1000u64.to_le_bytes(), "page time stamp");
-    assert_eq!(&page[8..16], &20u64.to_le_bytes(), "commit: 4+8 + 4+4");
-    assert_eq!(&page[16..20], &2u32.to_le_bytes(), "type_len 2, delta 0");
-    assert_eq!(
-        &page[28..32],
-        &(1u32 | 3 << 5).to_le_bytes(),
-        "type_len 1, delta 3"
-    );
-    assert_eq!(page.len(), 16 + 20, "cut after the records");
+    assert_eq!(&page[8..16], &24u64.to_le_bytes(), "commit: 4+12 + 4+4");
+    assert_eq!(&page[16..20], &3u32.to_le_bytes(), "type_len 3, delta 0");
+    let second = (1u32 | 3 << 5).to_le_bytes();
+    assert_eq!(&page[32..36], &second, "type_len 1, delta 3");
+    assert_eq!(page.len(), 16 + 24, "cut after the records");
+}
+
+#[test]
+fn an_eight_byte_payload_takes_twelve_as_in_the_kernel() {
+    let mut b = PageBuilder::new(layout());
+    assert!(b.push(1, &[7; 5]).unwrap());
+    let page = b.finish();
+    assert_eq!(page[16] & 0x1f, 3, "type_len 3: never a 12-byte record");
+    assert_eq!(decode(&layout(), &page), vec![(1, padded(&[7; 5]))]);
+    assert_eq!(padded(&[7; 5]).len(), 12);
 }
 
 #[test]
@@ -124,7 +139,8 @@ fn big_gaps_get_a_time_extend_before_the_event() {
 fn time_going_back_gets_an_absolute_stamp() {
     let events = vec![(5000, vec![1; 8]), (4000, vec![2; 8]), (4001, vec![3; 8])];
     let page = &build(layout(), &events)[0];
-    assert_eq!(page[16 + 12] & 0x1f, 31, "absolute stamp before the second");
+    // The first record: header and 8 bytes padded to 12.
+    assert_eq!(page[16 + 16] & 0x1f, 31, "absolute stamp before the second");
     assert_eq!(decode(&layout(), page), expected(&events));
 }
 
