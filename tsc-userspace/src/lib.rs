@@ -11,7 +11,8 @@
 //! over the [`wire`] protocol (`docs/PROTOCOL.md`); [`ingest`] accepts
 //! agents on the host and yields their decoded events.
 //! [`merge`] puts many ordered event streams on one timeline and [`output`]
-//! writes it; [`session`] drives it all live.
+//! writes it; [`session`] drives it all live. [`demo`] is the toy guest and
+//! agent behind `tsc-tracer demo`.
 
 pub mod agent;
 pub mod btf;
