@@ -66,7 +66,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The main job when `cargo xtask run` gets no arguments.
-const DEFAULT_RUN_ARGS: &[&str] = &["offsets", "--follow"];
+const DEFAULT_RUN_ARGS: &[&str] = &["host"];
 
 fn build_release() -> Result<()> {
     shell::step("building target/release/tsc-tracer (with the eBPF object)");

@@ -64,9 +64,12 @@ pub struct Admission<'a> {
     pub host_tsc_at_hello: u64,
 }
 
-/// An admission decision: `Err(reason)` refuses the agent.
+/// Decides one admission: `Err(reason)` refuses the agent.
+pub type AdmitFn = dyn Fn(&Admission<'_>) -> Result<(), String> + Send + Sync;
+
+/// An admission decision, shared by every connection task.
 #[derive(Clone)]
-pub struct Admit(pub Arc<dyn Fn(&Admission<'_>) -> Result<(), String> + Send + Sync>);
+pub struct Admit(pub Arc<AdmitFn>);
 
 impl std::fmt::Debug for Admit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -160,9 +160,8 @@ impl Merger {
     pub fn push(&mut self, mut item: MergeItem) -> Option<MergeItem> {
         let (source, tsc) = (item.source, item.host_tsc);
         let slot = self.slot(source, item.cpu);
-        let counts = self.counts_mut(source);
-        counts.pushed += 1;
-        let Some(stream) = self.stream_mut(slot) else {
+        self.counts_mut(source).pushed += 1;
+        let Some(stream) = self.streams.get_mut(slot).and_then(Option::as_mut) else {
             // `slot` just made it; were it gone, write the item rather than lose it.
             self.counts_mut(source).emitted += 1;
             return Some(item);
@@ -176,7 +175,11 @@ impl Merger {
             counts.emitted += 1;
             return Some(item);
         }
-        self.hold(slot, item);
+        let reordered = hold(stream, &mut self.heap, slot, item);
+        self.held += 1;
+        let counts = self.counts_mut(source);
+        counts.held += 1;
+        counts.reordered += u64::from(reordered);
         if self.held > self.config.max_held {
             return self.pop_head(Early::Overflow);
         }
@@ -309,34 +312,6 @@ impl Merger {
         }
     }
 
-    /// Queues `item` in its stream, in order.
-    fn hold(&mut self, slot: usize, item: MergeItem) {
-        let (source, tsc) = (item.source, item.host_tsc);
-        let Some(stream) = self.streams.get_mut(slot).and_then(Option::as_mut) else {
-            return;
-        };
-        let mut new_head = stream.queue.is_empty();
-        match stream.queue.back() {
-            Some(back) if back.host_tsc > tsc => {
-                // Out of order within its own stream (e.g. a guest stream
-                // across an epoch change): put it in place; O(n), rare.
-                let at = stream.queue.partition_point(|x| x.host_tsc <= tsc);
-                stream.queue.insert(at, item);
-                if at == 0 {
-                    self.heap.retain(|Reverse((_, s))| *s != slot);
-                    new_head = true;
-                }
-                self.counts_mut(source).reordered += 1;
-            }
-            _ => stream.queue.push_back(item),
-        }
-        if new_head {
-            self.heap.push(Reverse((tsc, slot)));
-        }
-        self.held += 1;
-        self.counts_mut(source).held += 1;
-    }
-
     /// Takes the oldest held item and accounts for it.
     fn pop_head(&mut self, early: Early) -> Option<MergeItem> {
         let mut top = self.heap.peek_mut()?;
@@ -441,5 +416,39 @@ impl Merger {
             self.counts.resize(at + 1, SourceCounts::default());
         }
         &mut self.counts[at]
+    }
+}
+
+/// Queues `item` in `stream` (in slot `slot`) in order, keeping the heap's
+/// entry for the stream right. True when it had to be put before items
+/// already queued.
+fn hold(
+    stream: &mut Stream,
+    heap: &mut BinaryHeap<Reverse<(u64, usize)>>,
+    slot: usize,
+    item: MergeItem,
+) -> bool {
+    let tsc = item.host_tsc;
+    match stream.queue.back() {
+        None => {
+            stream.queue.push_back(item);
+            heap.push(Reverse((tsc, slot)));
+            false
+        }
+        Some(back) if back.host_tsc <= tsc => {
+            stream.queue.push_back(item);
+            false
+        }
+        Some(_) => {
+            // Out of order within its own stream (e.g. a guest stream
+            // across an epoch change): put it in place; O(n), rare.
+            let at = stream.queue.partition_point(|x| x.host_tsc <= tsc);
+            stream.queue.insert(at, item);
+            if at == 0 {
+                heap.retain(|Reverse((_, s))| *s != slot);
+                heap.push(Reverse((tsc, slot)));
+            }
+            true
+        }
     }
 }

@@ -79,7 +79,9 @@
 //! number of streams (tens), updated in place with `PeekMut` (one sift, not
 //! a pop and a push). One heap of all held items would cost O(log n) for
 //! both, with n up to a million, and would move the 90-byte items around
-//! on every sift. The minimum watermark is recomputed by a scan of the
+//! on every sift. `benches/merge.rs` measures both on the same work: the
+//! per-stream queues are about twice as fast with 8 streams and three
+//! times with 64. The minimum watermark is recomputed by a scan of the
 //! streams once per `pop_ready` (per batch, not per item).
 
 mod item;

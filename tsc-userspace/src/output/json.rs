@@ -44,38 +44,38 @@ impl<W: Write> JsonWriter<W> {
             Some(name) => push_json_str(buf, name),
             None => buf.extend_from_slice(b"null"),
         }
-        key(buf, "vm_pid");
+        buf.extend_from_slice(b",\"vm_pid\":");
         opt_u64(buf, vm_pid.map(u64::from));
-        key(buf, "cpu");
+        buf.extend_from_slice(b",\"cpu\":");
         push_u64(buf, u64::from(item.cpu));
-        key(buf, "vcpu");
+        buf.extend_from_slice(b",\"vcpu\":");
         opt_u64(buf, item.vcpu.map(u64::from));
-        key(buf, "event");
+        buf.extend_from_slice(b",\"event\":");
         match &r.event {
             Some(e) => push_event_name(buf, &e.format.system, &e.format.name),
             None => buf.extend_from_slice(b"null"),
         }
-        key(buf, "id");
+        buf.extend_from_slice(b",\"id\":");
         opt_u64(buf, r.id.map(u64::from));
-        key(buf, "host_tsc");
+        buf.extend_from_slice(b",\"host_tsc\":");
         push_u64(buf, item.host_tsc);
-        key(buf, "ns");
+        buf.extend_from_slice(b",\"ns\":");
         push_u64(buf, ctx.clock.tsc_to_ns(item.host_tsc));
-        key(buf, "guest_tsc");
+        buf.extend_from_slice(b",\"guest_tsc\":");
         opt_u64(buf, item.guest_tsc);
-        key(buf, "epoch");
+        buf.extend_from_slice(b",\"epoch\":");
         opt_u64(buf, item.epoch);
-        key(buf, "pid");
+        buf.extend_from_slice(b",\"pid\":");
         match r.pid {
             Some(pid) => push_i64(buf, i64::from(pid)),
             None => buf.extend_from_slice(b"null"),
         }
-        key(buf, "comm");
+        buf.extend_from_slice(b",\"comm\":");
         match r.comm {
             Some(comm) => push_json_str(buf, comm),
             None => buf.extend_from_slice(b"null"),
         }
-        key(buf, "fields");
+        buf.extend_from_slice(b",\"fields\":");
         match &r.event {
             Some(event) => {
                 buf.push(b'{');
@@ -91,11 +91,11 @@ impl<W: Write> JsonWriter<W> {
             }
             None => {
                 buf.extend_from_slice(b"null");
-                key(buf, "payload_len");
+                buf.extend_from_slice(b",\"payload_len\":");
                 push_u64(buf, item.data.payload().len() as u64);
             }
         }
-        key(buf, "flags");
+        buf.extend_from_slice(b",\"flags\":");
         buf.push(b'[');
         for (i, name) in item.flags.names().enumerate() {
             if i > 0 {
@@ -109,8 +109,7 @@ impl<W: Write> JsonWriter<W> {
     }
 }
 
-/// `"system:name"`. Both are identifiers in practice, written as they
-/// are; anything else goes through the JSON escaper.
+/// `"system:name"`.
 fn push_event_name(buf: &mut Vec<u8>, system: &str, name: &str) {
     let plain = |s: &str| {
         s.bytes()
@@ -125,13 +124,6 @@ fn push_event_name(buf: &mut Vec<u8>, system: &str, name: &str) {
     } else {
         push_json_str(buf, &format!("{system}:{name}"));
     }
-}
-
-/// `,"name":`
-fn key(buf: &mut Vec<u8>, name: &str) {
-    buf.extend_from_slice(b",\"");
-    buf.extend_from_slice(name.as_bytes());
-    buf.extend_from_slice(b"\":");
 }
 
 fn opt_u64(buf: &mut Vec<u8>, v: Option<u64>) {

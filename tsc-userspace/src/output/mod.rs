@@ -58,6 +58,8 @@
 //!  "guest_tsc":100,"epoch":2,"pid":15,"comm":"kworker/0:1",
 //!  "fields":{"prev_comm":"kworker/0:1","prev_pid":15,...},"flags":["late"]}
 //! ```
+//! `source` is `"unknown"` for an item whose source was removed before it
+//! was written. `id` is the event's `common_type`.
 //! `vm`, `vm_pid`, `vcpu`, `guest_tsc` and `epoch` are null when not known
 //! (always for the host); `pid` and `comm` are null when unknown. In
 //! `fields`, integers are numbers, strings are strings (lossy UTF-8),

@@ -9,7 +9,7 @@ pub enum FlushPolicy {
     EveryEvent,
     /// Keep events until [`EventWriter::flush`](super::EventWriter::flush)
     /// (the session calls it after each batch) or until
-    /// [`Sink::BATCH_BYTES`] are pending.
+    /// 64 KiB are pending.
     #[default]
     Batch,
 }

@@ -65,13 +65,31 @@ fn push_escape(buf: &mut Vec<u8>, b: u8) {
 
 /// A JSON string of `s`, escaped by serde_json.
 pub(crate) fn push_json_str(buf: &mut Vec<u8>, s: &str) {
-    // Serializing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, s);
+    if !push_plain(buf, s.as_bytes()) {
+        // Serializing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, s);
+    }
 }
 
 /// A JSON string of bytes that should be text (lossy UTF-8).
 pub(crate) fn push_json_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    push_json_str(buf, &String::from_utf8_lossy(bytes));
+    if !push_plain(buf, bytes) {
+        push_json_str(buf, &String::from_utf8_lossy(bytes));
+    }
+}
+
+/// The common case, without the escaper's per-call cost: printable ASCII
+/// with nothing to escape goes in as it is. False when it needs escaping.
+fn push_plain(buf: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    let plain = bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        buf.push(b'"');
+        buf.extend_from_slice(bytes);
+        buf.push(b'"');
+    }
+    plain
 }
 
 /// A field value as text output shows it.

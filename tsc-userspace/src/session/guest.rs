@@ -81,7 +81,7 @@ impl Agent {
 /// vCPU the session never saw) the VM's current conversion is used and the
 /// event is flagged as outside any known epoch: never dropped, never
 /// silently placed.
-fn place(
+pub(super) fn place(
     timeline: Option<&timeline::VcpuTimeline>,
     fallback: Option<&TscParams>,
     cursor: &mut StreamCursor,

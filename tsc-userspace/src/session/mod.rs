@@ -121,6 +121,8 @@ pub struct Session {
     merger: Merger,
     stats: stats::Stats,
     last_clock_refresh: Instant,
+    /// Sources of agents that left, dropped once their last event is out.
+    departed: Vec<SourceId>,
 }
 
 /// How often the clock calibration is refreshed (bounds drift).
@@ -190,6 +192,7 @@ impl Session {
             merger,
             stats: stats::Stats::default(),
             last_clock_refresh: Instant::now(),
+            departed: Vec::new(),
         })
     }
 
@@ -207,7 +210,7 @@ impl Session {
     /// then flushes everything held and returns what happened.
     pub async fn run(
         mut self,
-        sink: &mut dyn EventWriter,
+        sink: &mut (dyn EventWriter + Send),
         shutdown: impl Future<Output = ()>,
     ) -> Result<Summary, SessionError> {
         tokio::pin!(shutdown);
@@ -249,7 +252,7 @@ impl Session {
     fn on_ingest(
         &mut self,
         item: IngestItem,
-        sink: &mut dyn EventWriter,
+        sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
         match item {
             IngestItem::Connected(info) => self.on_connected(&info),
@@ -286,6 +289,7 @@ impl Session {
             } => {
                 if let Some(agent) = self.agents.remove(&conn) {
                     self.merger.close_source(agent.source);
+                    self.departed.push(agent.source);
                 }
                 if let Ok(mut shared) = self.admissions.lock() {
                     shared.bound.remove(&conn);
@@ -348,7 +352,7 @@ impl Session {
     fn on_host_page(
         &mut self,
         page: &WirePage,
-        sink: &mut dyn EventWriter,
+        sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
         let parsed = match Page::parse(&self.host.layout, &page.data) {
             Ok(parsed) => parsed,
@@ -403,7 +407,7 @@ impl Session {
     }
 
     /// Writes what the merge releases now.
-    fn release(&mut self, sink: &mut dyn EventWriter) -> Result<(), SessionError> {
+    fn release(&mut self, sink: &mut (dyn EventWriter + Send)) -> Result<(), SessionError> {
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
         let ctx = WriteContext {
@@ -420,7 +424,10 @@ impl Session {
         Ok(())
     }
 
-    async fn finish(mut self, sink: &mut dyn EventWriter) -> Result<Summary, SessionError> {
+    async fn finish(
+        mut self,
+        sink: &mut (dyn EventWriter + Send),
+    ) -> Result<Summary, SessionError> {
         self.host.stop().await;
         while let Ok(page) = self.host.pages.try_recv() {
             self.on_host_page(&page, sink)?;
@@ -444,7 +451,7 @@ impl Session {
 }
 
 fn write(
-    sink: &mut dyn EventWriter,
+    sink: &mut (dyn EventWriter + Send),
     sources: &Sources,
     clock: &Clock,
     item: &MergeItem,
@@ -482,3 +489,6 @@ fn admit(shared: Arc<Mutex<Admissions>>) -> crate::ingest::Admit {
         Ok(())
     }))
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,12 +32,26 @@ pub(crate) fn remove_instance(path: &Path) -> Result<(), TracefsError> {
     // cost nothing even when rmdir is refused.
     let _ = write_file(&path.join("tracing_on"), "0");
     let _ = write_file(&path.join("events/enable"), "0");
-    match fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(TracefsError::io(path, e)),
+    // A child forked by any thread of this process holds copies of the
+    // instance's descriptors until it execs: EBUSY for a moment. Retry
+    // briefly rather than leave the instance behind.
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < RMDIR_TRIES => {
+                tries += 1;
+                std::thread::sleep(RMDIR_PAUSE);
+            }
+            Err(e) => return Err(TracefsError::io(path, e)),
+        }
     }
 }
+
+/// How often, and how far apart, an EBUSY rmdir is retried (1 s in all).
+const RMDIR_TRIES: u32 = 50;
+const RMDIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Stops and removes every instance this process still has; returns how many
 /// could not be removed (their files are still open: they stay stopped and
