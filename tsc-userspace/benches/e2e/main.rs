@@ -6,9 +6,11 @@
 //! Run: `cargo bench -p tsc-userspace --bench e2e`.
 //!
 //! # What runs
-//! - A real VM (`tsc-tracer vmm`, a vCPU per APIC id of this machine) whose pid the session binds the
-//!   agent to (`--vm PID=vm1`): the agent runs on this machine, so a private
-//!   tracefs instance of the host stands in for the guest's kernel.
+//! - A real VM (`tsc-tracer vmm`, a vCPU per APIC id of this machine)
+//!   whose pid the session binds the agent to (`--vm PID=vm1`): the agent
+//!   runs on this machine, so a private tracefs instance of the host stands
+//!   in for the guest's kernel, and its CPUs map to the VM's vCPUs by APIC
+//!   id as a guest's would.
 //! - The session, in this process on threads of its own, as `tsc-tracer
 //!   host` runs it: text output to a file, batch flush, the reorder window
 //!   of `E2E_WINDOW_MS`, and host events (`E2E_HOST_EVENTS`, default the
@@ -20,8 +22,19 @@
 //!   pinned to the last CPU (so the guest's events form one busy stream and
 //!   the figures do not depend on where the scheduler puts it). Each marker
 //!   is `e2e:SEQ:SEND_NS`, SEND_NS being CLOCK_MONOTONIC just before its
-//!   write(2). Two runs: paced at `E2E_RATE` events/s for `E2E_SECS`, then
-//!   `E2E_EVENTS` back to back.
+//!   write(2).
+//!
+//! # Three runs, each with its own session and agent
+//! - paced: `E2E_RATE` markers/s for `E2E_SECS`, the agent's defaults.
+//!   The latency figures come from here.
+//! - full speed: `E2E_EVENTS` back to back, the agent's defaults. Shows
+//!   what the agent carries and what it loses (counted by the kernel and
+//!   reported by the session).
+//! - burst: the same, with an agent ring buffer large enough to hold all
+//!   of it, and the agent stopped as soon as the workload ends: it ships
+//!   the whole backlog at once, so the session sets the pace. Its
+//!   throughput is the session's; its latency would only measure the
+//!   bench's timing, so it is not printed.
 //!
 //! # How latency is measured
 //! Every timestamp is CLOCK_MONOTONIC on this machine, so they subtract.
@@ -46,10 +59,11 @@
 //! - Sustained events/s: markers between the 10th and 90th percentile of
 //!   output time, over that time. End to end: all markers over first send
 //!   to last output (this includes the window the last events wait).
-//! - Session CPU: CPU time of the session's threads from the workload's
-//!   start to the session's end; events per session CPU-second is the rate
-//!   one core could sustain. On a shared 2-core machine this is the
-//!   steadier figure.
+//! - Session CPU: CPU time of the session's threads (named
+//!   `e2e-session`) from the workload's start to the session's end, idle
+//!   ticks included; events per session CPU-second is the rate one core
+//!   could sustain. On a shared 2-core machine this is the steadier figure.
+//! - Agent CPU: its whole life (rusage at exit); relay CPU: its threads.
 //!
 //! # The peer figure
 //! The guest's pages exactly as the session received them (from the
@@ -65,10 +79,10 @@
 //! # Sizes (environment)
 //! `E2E_RATE` (5000), `E2E_SECS` (5), `E2E_EVENTS` (500000),
 //! `E2E_WINDOW_MS` (1000, the CLI default), `E2E_HOST_EVENTS`
-//! (sched:sched_switch), `E2E_AGENT_BUFFER_KB` (0: the agent's default, the
-//! kernel's size),
-//! `E2E_HOST_BUFFER_KB` (32768, the host recording per CPU), `E2E_KEEP=1`
-//! keeps the files and prints where.
+//! (sched:sched_switch), `E2E_AGENT_BUFFER_KB` (0: the agent's default,
+//! the kernel's size; the burst run sizes its own), `E2E_HOST_BUFFER_KB`
+//! (32768, the host recording per CPU), `E2E_KEEP=1` keeps the files
+//! (timeline.txt, host.dat, guest.dat, report.txt) and prints where.
 
 mod guest;
 mod load;

@@ -123,7 +123,7 @@ fn throughput(run: &Run) {
         run.label
     );
     println!(
-        "e2e: [{}] tsc-tracer host  {:>9} {:>8.2} {:>15.0} {:>6.2} {:>13.0}   (live; wall = workload-bound)",
+        "e2e: [{}] tsc-tracer host  {:>9} {:>8.2} {:>15.0} {:>6.2} {:>13.0}   (live: first send to last output)",
         run.label,
         events,
         run.end_to_end_seconds,
