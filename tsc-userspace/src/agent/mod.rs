@@ -54,8 +54,8 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults: the [`DEFAULT_EVENTS`], 5 retries, a KeepAlive every 2 s,
-    /// a flush every second.
+    /// Defaults: the [`DEFAULT_EVENTS`], 5 retries, a KeepAlive every 250 ms,
+    /// a flush every 100 ms.
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
@@ -65,8 +65,8 @@ impl AgentConfig {
                 .collect(),
             name: None,
             retry: 5,
-            keepalive: Duration::from_secs(2),
-            flush: Duration::from_secs(1),
+            keepalive: Duration::from_millis(250),
+            flush: Duration::from_millis(100),
             buffer_size_kb: None,
         }
     }

@@ -16,8 +16,8 @@ use crate::{
     wire::Page,
 };
 
-/// Most pages a timer flush reads at once, so a busy CPU cannot keep its
-/// task in the flush loop.
+/// Pages a flush reads before yielding, so a busy CPU cannot keep the other
+/// CPUs' tasks waiting.
 const FLUSH_BATCH: usize = 64;
 
 /// The per-CPU reader tasks.
@@ -73,8 +73,12 @@ async fn read_cpu(
                     return Ok(());
                 }
             }
+            // Drain everything on each tick: once a read has taken a partly
+            // filled page, this kernel stops waking pollers of the pipe
+            // (seen on 6.18 with any buffer_percent above 0), so the tick is
+            // what keeps a busy CPU's buffer from overflowing.
             _ = tick.tick() => {
-                if !drain(&mut pipe, &tx, FLUSH_BATCH).await? {
+                if !drain(&mut pipe, &tx, usize::MAX).await? {
                     return Ok(());
                 }
             }
@@ -92,12 +96,15 @@ async fn drain(
     tx: &mpsc::Sender<Page>,
     max: usize,
 ) -> Result<bool, TracefsError> {
-    for _ in 0..max {
+    for n in 1..=max {
         let Some(data) = pipe.try_read_page()? else {
             break;
         };
         if !send(tx, pipe.cpu(), Page::FLAG_PARTIAL, data).await {
             return Ok(false);
+        }
+        if n % FLUSH_BATCH == 0 {
+            tokio::task::yield_now().await;
         }
     }
     Ok(true)

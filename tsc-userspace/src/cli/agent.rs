@@ -28,11 +28,15 @@ pub struct Args {
     /// Per-CPU ring buffer size in KiB (default: the kernel's).
     #[arg(long, value_name = "KIB")]
     buffer_kb: Option<u32>,
-    /// Milliseconds between keep-alives (each carries a TSC sample).
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    /// Milliseconds between keep-alives. Each carries a TSC sample, which
+    /// also tells the host that quiet CPUs have nothing older to send, so it
+    /// bounds how long the host's merge waits for them.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
     keepalive_ms: u64,
-    /// Milliseconds between flushes of partly filled pages of quiet CPUs.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// Milliseconds between reads of every CPU's buffer, partly filled pages
+    /// included: bounds how late a quiet CPU's events reach the host, and how
+    /// much a busy CPU's buffer must hold in between.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
     flush_ms: u64,
 }
 

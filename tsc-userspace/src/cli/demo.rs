@@ -132,12 +132,22 @@ async fn run_async(args: Args) -> Result<ExitCode> {
             on_signal.cancel();
         }
     });
+    let session_done = stop.clone();
+    let session_stop = stop.clone().cancelled_owned();
     let (summary, driven) = tokio::join!(
-        session.run(&mut writer, stop.clone().cancelled_owned()),
+        async {
+            let summary = session.run(&mut writer, session_stop).await;
+            // The session can end on its own (stdout closed): stop the guest.
+            session_done.cancel();
+            summary
+        },
         drive(guest, &endpoint, &args, &placements, stop)
     );
     signals.abort();
     let summary = summary.context("running the session")?;
+    if summary.output_closed {
+        return Ok(ExitCode::SUCCESS);
+    }
     let driven = driven?;
     let verdict = story::Verdict::new(
         &driven.readings,

@@ -136,6 +136,21 @@ pub trait EventWriter {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+/// A writer that drops everything: where events go once the reader of the
+/// timeline has gone away, so the session can still end cleanly.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Discard;
+
+impl EventWriter for Discard {
+    fn write(&mut self, _: &WriteContext<'_>, _: &MergeItem) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A writer of `format` to `out`.
 pub fn writer<W: Write + Send + 'static>(
     format: OutputFormat,

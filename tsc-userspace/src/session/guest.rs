@@ -35,6 +35,19 @@ impl Agent {
         }
     }
 
+    /// Host TSC of guest TSC `guest` on each of the agent's CPUs, with each
+    /// vCPU's current conversion.
+    pub(super) fn hosts_of<'a>(
+        &'a self,
+        vm: &'a VmState,
+        guest: u64,
+    ) -> impl Iterator<Item = (u32, u64)> + 'a {
+        self.vcpu_of.iter().filter_map(move |(&cpu, vcpu)| {
+            let params = vm.current.get(vcpu)?;
+            Some((cpu, params.host_from_guest(guest).ok()?))
+        })
+    }
+
     /// Converts every event of a page to host time, in page order.
     pub(super) fn convert(
         &mut self,

@@ -132,6 +132,9 @@ pub struct Session {
     departed: Vec<SourceId>,
 }
 
+/// How far behind its keep-alive an agent's page reads may be: twice its
+/// default flush period.
+const AGENT_LAG: Duration = Duration::from_millis(200);
 /// How often the clock calibration is refreshed (bounds drift).
 const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 /// How often the window is checked when nothing arrives.
@@ -223,14 +226,27 @@ impl Session {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
+            let step = tokio::select! {
                 () = &mut shutdown => break,
-                events = self.monitor.next() => self.on_offsets(events?),
-                Some(item) = self.ingest.next_item() => self.on_ingest(item, sink)?,
-                Some(page) = self.host.pages.recv() => self.on_host_page(&page, sink)?,
-                _ = tick.tick() => self.on_tick(),
+                events = self.monitor.next() => events.map(|e| self.on_offsets(e)).map_err(SessionError::from),
+                Some(item) = self.ingest.next_item() => self.on_ingest(item, sink),
+                Some(page) = self.host.pages.recv() => self.on_host_page(&page, sink),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    Ok(())
+                }
+            };
+            match step.and_then(|()| self.release(sink)) {
+                Ok(()) => {}
+                // Whoever read the timeline is gone (`| head`): a normal end.
+                Err(SessionError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    tracing::info!("the output was closed; stopping");
+                    let mut summary = self.finish(&mut crate::output::Discard).await?;
+                    summary.output_closed = true;
+                    return Ok(summary);
+                }
+                Err(e) => return Err(e),
             }
-            self.release(sink)?;
         }
         self.finish(sink).await
     }
@@ -306,9 +322,8 @@ impl Session {
                     Err(err) => tracing::warn!("agent {conn} ({peer}) dropped: {err}"),
                 }
             }
-            IngestItem::TscSample { .. }
-            | IngestItem::Page { .. }
-            | IngestItem::Cmdlines { .. } => {}
+            IngestItem::TscSample { conn, sample, .. } => self.on_sample(conn, sample.tsc_before),
+            IngestItem::Page { .. } | IngestItem::Cmdlines { .. } => {}
         }
         Ok(())
     }
@@ -353,6 +368,23 @@ impl Session {
         let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
         if let Err(err) = self.host.follow_vms(&bound) {
             tracing::warn!("tracing VM {pid}'s threads on the host: {err}");
+        }
+    }
+
+    /// A keep-alive's TSC sample: the agent has read every CPU's buffer at
+    /// least once in the last [`AGENT_LAG`], so none of its CPU streams will
+    /// bring anything older; quiet ones stop holding the merge back.
+    fn on_sample(&mut self, conn: ConnId, guest_tsc: u64) {
+        let Some(agent) = self.agents.get(&conn) else {
+            return;
+        };
+        let Some(vm) = self.vms.get(agent.binding.pid) else {
+            return;
+        };
+        let lag = ticks(&self.clock, AGENT_LAG);
+        for (cpu, host) in agent.hosts_of(vm, guest_tsc) {
+            self.merger
+                .advance(agent.source, cpu, host.saturating_sub(lag));
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Summary {
     pub forced: u64,
     /// Events written early because too many were held.
     pub overflowed: u64,
+    /// The session stopped because the reader of its output went away.
+    pub output_closed: bool,
 }
 
 #[derive(Debug)]
@@ -97,6 +99,7 @@ impl Stats {
             late: s.late,
             forced: s.forced,
             overflowed: s.overflowed,
+            output_closed: false,
         }
     }
 }

@@ -1,6 +1,15 @@
 //! What the demo tells around the timeline (on stderr), and the check of
 //! every reading's place that decides its exit status.
 
+/// Writes a line of the story to stderr. A closed stderr (`2>&1 | head`)
+/// ends the story quietly instead of panicking as `eprintln!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::collections::HashMap;
 
 use tsc_userspace::{
@@ -21,9 +30,7 @@ const LABEL: usize = 14;
 /// Before anything runs: what is about to happen.
 pub fn intro(pid: u32, vcpus: u32, endpoint: &Endpoint, host_events: &[&str]) {
     let backend = if vmm::is_pvm() { "PVM" } else { "VMX/SVM" };
-    eprintln!(
-        "tsc-tracer demo: a guest's TSC readings and the host's kernel events on one timeline\n"
-    );
+    say!("tsc-tracer demo: a guest's TSC readings and the host's kernel events on one timeline\n");
     line(
         "VM",
         &format!(
@@ -51,7 +58,7 @@ pub fn intro(pid: u32, vcpus: u32, endpoint: &Endpoint, host_events: &[&str]) {
             host_events.join(", ")
         ),
     );
-    eprintln!();
+    say!();
 }
 
 /// The offsets asked for and what KVM holds.
@@ -67,12 +74,12 @@ pub fn offsets(offsets: &[Offset]) {
             &format!("asked KVM for TSC offset {}; {what}", o.asked),
         );
     }
-    eprintln!();
+    say!();
 }
 
 /// Just before the first line of the timeline.
 pub fn timeline_header() {
-    eprintln!(
+    say!(
         "Timeline, in host time ({VM_NAME}: lines are the guest's, with its CPU; host: lines the host kernel's):\n"
     );
 }
@@ -140,7 +147,7 @@ impl Verdict {
 
 /// After the session ended: the check, the figures and what it all means.
 pub fn outro(v: &Verdict, summary: &Summary, offsets: &[Offset], tsc_khz: u64) {
-    eprintln!("\nWhat happened\n");
+    say!("\nWhat happened\n");
     let once = if v.duplicates == 0 {
         "each once".to_owned()
     } else {
@@ -192,13 +199,13 @@ pub fn outro(v: &Verdict, summary: &Summary, offsets: &[Offset], tsc_khz: u64) {
             summary.host_lost
         ),
     );
-    eprintln!();
+    say!();
     paragraph(&explanation(offsets));
     if v.interrupted {
-        eprintln!("\n(interrupted: readings still in flight were not waited for)");
+        say!("\n(interrupted: readings still in flight were not waited for)");
     }
     if !v.passed() {
-        eprintln!(
+        say!(
             "\ntsc-tracer demo: FAILED: not every reading came out once at the right host time \
              (see above); please report it with the output of `tsc-tracer doctor`"
         );
@@ -240,13 +247,13 @@ fn line(label: &str, text: &str) {
     let lines = wrap(text, WIDTH - LABEL);
     for (i, l) in lines.iter().enumerate() {
         let head = if i == 0 { label } else { "" };
-        eprintln!("  {head:<width$}{l}", width = LABEL - 2);
+        say!("  {head:<width$}{l}", width = LABEL - 2);
     }
 }
 
 fn paragraph(text: &str) {
     for l in wrap(text, WIDTH) {
-        eprintln!("{l}");
+        say!("{l}");
     }
 }
 
