@@ -46,26 +46,20 @@ pub fn command(program: &str) -> Command {
     cmd
 }
 
-/// A cargo command on the installed nightly toolchain. The outer `cargo`
-/// (stable) leaves RUSTUP_TOOLCHAIN and RUSTC in the environment; they would
-/// win over `+nightly` for rustc.
+/// A cargo command on the installed nightly toolchain.
 pub fn nightly_cargo() -> Command {
-    let mut cmd = command("cargo");
-    for key in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        cmd.env_remove(key);
-    }
-    cmd.arg("+nightly");
-    cmd
+    nightly("cargo")
 }
 
-/// The nightly `rustc`, free of the outer cargo's toolchain overrides.
+/// The nightly `rustc`.
 pub fn nightly_rustc() -> Command {
-    let mut cmd = command("rustc");
+    nightly("rustc")
+}
+
+/// `PROGRAM +nightly`. The outer `cargo` (stable) leaves RUSTUP_TOOLCHAIN
+/// and RUSTC in the environment; they would win over `+nightly` for rustc.
+fn nightly(program: &str) -> Command {
+    let mut cmd = command(program);
     for key in [
         "RUSTUP_TOOLCHAIN",
         "RUSTC",

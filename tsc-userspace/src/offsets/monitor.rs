@@ -208,13 +208,7 @@ impl Monitor {
                     vcpu_id: v.vcpu_id,
                 };
                 if let Some((_, asked)) = pinned.iter().find(|(k, _)| *k == key) {
-                    let change = Change {
-                        seq: asked.seq,
-                        offset: asked.offset as i64,
-                        prev: asked.prev as i64,
-                        ktime_ns: asked.ktime_ns,
-                        source: Source::Map,
-                    };
+                    let change = from_map(asked);
                     self.map.apply(Update {
                         pid: process.pid,
                         vcpu_id: v.vcpu_id,
@@ -400,19 +394,24 @@ impl Monitor {
         );
         self.ringbuf_full_seen = full;
         for (key, value) in self.programs.read_offsets() {
-            let change = Change {
-                seq: value.seq,
-                offset: value.offset as i64,
-                prev: value.prev as i64,
-                ktime_ns: value.ktime_ns,
-                source: Source::Map,
-            };
+            let change = from_map(&value);
             let known = self.map.vcpu(key.tgid, key.vcpu_id).map_or(0, |v| v.seq);
             if value.seq > known {
                 self.apply(key.tgid, key.vcpu_id, change, None);
             }
         }
         Ok(())
+    }
+}
+
+/// A change as the kernel offsets map holds it (the last one per vCPU).
+fn from_map(value: &VcpuOffset) -> Change {
+    Change {
+        seq: value.seq,
+        offset: value.offset as i64,
+        prev: value.prev as i64,
+        ktime_ns: value.ktime_ns,
+        source: Source::Map,
     }
 }
 
