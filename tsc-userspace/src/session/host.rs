@@ -88,6 +88,12 @@ impl HostTrace {
         Ok(())
     }
 
+    /// Task names the kernel saved (pid -> comm), for host events whose
+    /// task no sched event has named yet.
+    pub fn saved_cmdlines(&self) -> Result<std::collections::HashMap<i32, String>, TracefsError> {
+        self.instance.tracefs().saved_cmdlines()
+    }
+
     /// The instance's name (for messages).
     pub fn name(&self) -> &str {
         self.instance.name()

@@ -130,11 +130,14 @@ pub struct Session {
     last_clock_refresh: Instant,
     /// Sources of agents that left, dropped once their last event is out.
     departed: Vec<SourceId>,
+    last_comms: Instant,
 }
 
 /// How far behind its keep-alive an agent's page reads may be: twice its
 /// default flush period.
 const AGENT_LAG: Duration = Duration::from_millis(200);
+/// How often host task names are re-read from `saved_cmdlines`.
+const COMMS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the clock calibration is refreshed (bounds drift).
 const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 /// How often the window is checked when nothing arrives.
@@ -203,6 +206,7 @@ impl Session {
             stats: stats::Stats::new(options.status_line),
             last_clock_refresh: Instant::now(),
             departed: Vec::new(),
+            last_comms: Instant::now(),
         })
     }
 
@@ -424,6 +428,9 @@ impl Session {
             self.merger
                 .advance(self.host_source, cpu, now.saturating_sub(lag));
         }
+        if self.last_comms.elapsed() >= COMMS_REFRESH {
+            self.learn_host_comms();
+        }
         if self.last_clock_refresh.elapsed() >= CLOCK_REFRESH {
             if let Err(err) = self.clock.refresh() {
                 tracing::warn!("refreshing the host clock: {err}");
@@ -432,6 +439,32 @@ impl Session {
         }
         self.stats
             .maybe_status(&self.merger, self.agents.len(), self.bound_vms());
+        self.forget_departed();
+    }
+
+    /// A session runs for days: an agent's formats and command names go
+    /// once nothing of it is held any more.
+    fn forget_departed(&mut self) {
+        let (merger, sources) = (&self.merger, &mut self.sources);
+        self.departed.retain(|&source| {
+            let held = merger.held_of(source) > 0;
+            if !held {
+                sources.remove(source);
+            }
+            held
+        });
+    }
+
+    /// Host task names from the kernel's `saved_cmdlines`.
+    fn learn_host_comms(&mut self) {
+        self.last_comms = Instant::now();
+        match self.host.saved_cmdlines() {
+            Ok(comms) => {
+                let comms = comms.iter().map(|(&pid, comm)| (pid, comm.as_str()));
+                self.sources.set_comms(self.host_source, comms);
+            }
+            Err(err) => tracing::debug!("reading saved_cmdlines: {err}"),
+        }
     }
 
     fn host_cpus(&self) -> u32 {
