@@ -59,6 +59,9 @@ pub enum SessionError {
         "--vm {0}: no KVM VM with vCPUs in that process (is the pid right? `tsc-tracer offsets` lists VMs)"
     )]
     UnknownVm(u32),
+    /// The merge's source registry is full (2^32 sources).
+    #[error(transparent)]
+    Sources(#[from] crate::merge::MergeError),
     /// Writing the output failed.
     #[error("writing the timeline: {0}")]
     Output(#[source] std::io::Error),
@@ -179,18 +182,11 @@ impl Session {
         };
         let host = HostTrace::start(&events, filter)?;
         let mut sources = Sources::new();
-        let host_source = sources
-            .add(SourceInfo {
-                kind: SourceKind::Host,
-                name: host.name().to_owned(),
-                formats: host.formats.clone(),
-            })
-            .map_err(|e| {
-                SessionError::Tracefs(TracefsError::Io {
-                    path: "sources".into(),
-                    source: std::io::Error::other(e),
-                })
-            })?;
+        let host_source = sources.add(SourceInfo {
+            kind: SourceKind::Host,
+            name: host.name().to_owned(),
+            formats: host.formats.clone(),
+        })?;
         let merger = Merger::new(MergeConfig::new(ticks(&clock, options.window)));
         Ok(Self {
             monitor,
