@@ -190,7 +190,8 @@ impl Host {
             .collect()
     }
 
-    fn stability(&self) -> Check {
+    /// Whether the host TSC is one stable clock (warns, with a fix, when not).
+    pub fn stability(&self) -> Check {
         let missing: Vec<&str> = ["constant_tsc", "nonstop_tsc"]
             .into_iter()
             .filter(|f| !self.has_flag(f))
