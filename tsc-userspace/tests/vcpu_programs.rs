@@ -116,9 +116,12 @@ fn programs_run_for_real_on_a_stand_in_tracepoint() {
         1,
         "one report for 4 MMIO exits: {entries:#?}"
     );
-    // KVM names the debugfs directory after the thread that made the VM.
-    let tid = nix::unistd::gettid().as_raw() as u32;
-    let effective = Debugfs::default().vcpu(tid, 5).unwrap().tsc_offset;
+    // KVM names the debugfs directory after the thread that made the VM;
+    // `Debugfs` reports it under that thread's process.
+    let effective = Debugfs::default()
+        .vcpu(std::process::id(), 5)
+        .unwrap()
+        .tsc_offset;
     let first = entries[0];
     assert_eq!((first.vcpu_id, first.seq), (5, 1));
     assert_eq!(
@@ -154,7 +157,10 @@ fn programs_run_for_real_on_a_stand_in_tracepoint() {
         .unwrap();
     assert_eq!(edge.seq, 2);
     assert_eq!(edge.requested, Some(-12345));
-    let effective = Debugfs::default().vcpu(tid, 5).unwrap().tsc_offset;
+    let effective = Debugfs::default()
+        .vcpu(std::process::id(), 5)
+        .unwrap()
+        .tsc_offset;
     assert_eq!(
         edge.effective,
         Some(effective),

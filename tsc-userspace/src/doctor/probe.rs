@@ -166,10 +166,10 @@ fn offset_readings(vcpu: &mut crate::vmm::Vcpu) -> OffsetReadings {
         };
     }
     let ioctl = vcpu.get_tsc_offset().ok();
-    // KVM names the VM's debugfs directory after the thread that made it.
-    let tid = nix::unistd::gettid().as_raw() as u32;
+    // KVM names the VM's debugfs directory after the thread that made it;
+    // `Debugfs` reports it under that thread's process.
     let debugfs = Debugfs::default()
-        .vcpu(tid, vcpu.id())
+        .vcpu(std::process::id(), vcpu.id())
         .ok()
         .map(|v| v.tsc_offset);
     let guest_shifted = match vcpu.run_rdtsc(READINGS) {
