@@ -191,6 +191,12 @@ impl Shipper {
                 _ = stop.cancelled() => return self.finish(wr, readers).await,
                 frame = rx.next() => return Err(host_ended(frame)),
                 _ = keepalive.tick() => {
+                    // Pages already read go first, so the keep-alive's sample
+                    // tells the host that nothing older than one flush period
+                    // before it is still to come (PROTOCOL.md, KeepAlive).
+                    while let Ok(page) = self.rx.try_recv() {
+                        self.send_page(wr, page).await?;
+                    }
                     beats += 1;
                     self.keepalive(wr, beats.is_multiple_of(CMDLINES_EVERY)).await?;
                 }

@@ -366,6 +366,12 @@ impl Session {
         let pid = binding.pid;
         self.agents
             .insert(info.id, Agent::new(source, binding, &info.hello));
+        // Open the agent's CPU streams now: until its keep-alives or pages
+        // say otherwise, the merge waits for them rather than writing host
+        // events their backlog may precede.
+        if let Some(sample) = info.hello.samples.first() {
+            self.on_sample(info.id, sample.tsc_before);
+        }
         let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
         if let Err(err) = self.host.follow_vms(&bound) {
             tracing::warn!("tracing VM {pid}'s threads on the host: {err}");
