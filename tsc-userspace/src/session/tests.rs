@@ -116,14 +116,17 @@ fn a_guest_writing_its_tsc_back_is_resolved_by_stream_order() {
     let timeline = &vms.get(PID).unwrap().vcpus[&0];
     let mut cursor = StreamCursor::default();
     let mut placed = Vec::new();
-    for epoch in 0..3u64 {
+    for start in starts {
         for g in [100u64, 200, 300] {
-            let start = timeline
-                .epoch(epoch)
-                .and_then(|e| e.host_start)
-                .expect("known start");
+            // The offset is exactly -start; the epoch's recorded start went
+            // through nanoseconds and back and may differ by a tick, so the
+            // conversion is checked against the offset.
             let (host, seq, flags) = place(Some(timeline), None, &mut cursor, g);
-            placed.push((seq, host - start, flags.contains(Flags::RESOLVED_BY_ORDER)));
+            placed.push((
+                seq,
+                host.wrapping_sub(start),
+                flags.contains(Flags::RESOLVED_BY_ORDER),
+            ));
         }
     }
     let epochs: Vec<Option<u64>> = placed.iter().map(|p| p.0).collect();
