@@ -152,6 +152,18 @@ fn vm(child: &mut Child, vcpus: &[u32]) {
     }
 }
 
+/// A VM with one vCPU in a child process, and a session bound to it as `name`.
+async fn one_vm_session(name: &str) -> (Child, Running) {
+    let mut child = Child::spawn(BINARY).unwrap();
+    vm(&mut child, &[0]);
+    let spec = VmSpec {
+        pid: child.pid(),
+        name: Some(name.into()),
+    };
+    let session = start_session(vec![spec]).await;
+    (child, session)
+}
+
 fn of_event<'a>(events: &'a [Value], name: &str) -> impl Iterator<Item = &'a Value> {
     events.iter().filter(move |e| e["event"] == name)
 }
@@ -172,13 +184,7 @@ async fn agent_bound_with_vm_merges_host_and_guest_events_in_order() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut child = Child::spawn(BINARY).unwrap();
-    vm(&mut child, &[0]);
-    let session = start_session(vec![VmSpec {
-        pid: child.pid(),
-        name: Some("g1".into()),
-    }])
-    .await;
+    let (mut child, session) = one_vm_session("g1").await;
     const MARKERS: usize = 500;
     let before = read_tsc();
     let (stop_agent, agent) =
@@ -327,13 +333,7 @@ async fn hostile_agents_end_their_own_connection_and_the_good_one_is_complete() 
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut child = Child::spawn(BINARY).unwrap();
-    vm(&mut child, &[0]);
-    let session = start_session(vec![VmSpec {
-        pid: child.pid(),
-        name: Some("good".into()),
-    }])
-    .await;
+    let (child, session) = one_vm_session("good").await;
     let Endpoint::Tcp { port, .. } = session.endpoint else {
         unreachable!()
     };
