@@ -154,6 +154,21 @@ impl Clock {
         Ok(clock)
     }
 
+    /// A clock that runs at exactly `tsc_khz` from `anchor`, with nothing
+    /// measured: for replaying recorded inputs and for tests, where a
+    /// conversion must not depend on the machine.
+    pub fn fixed(anchor: Sample, tsc_khz: u64) -> Self {
+        let mut clock = Self {
+            anchor,
+            rate_base: anchor,
+            mult: 0,
+            tsc_khz: tsc_khz.max(1),
+            source: FreqSource::Given,
+        };
+        clock.mult = clock.nominal_mult() as u64;
+        clock
+    }
+
     /// Re-anchors on a new sample, and re-measures the rate from a base at
     /// least half a second old. Call it every second or so.
     pub fn refresh(&mut self) -> Result<(), ClockError> {

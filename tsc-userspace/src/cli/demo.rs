@@ -15,7 +15,7 @@ use tsc_userspace::{
     demo::{self, DemoAgent, Observer, Placements, Reading, ToyGuest},
     ingest::SockAddr,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, bind::VmSpec},
+    session::{Session, SessionOptions, VmSpec},
     tracefs::{EventName, shutdown_signal},
     wire::Endpoint,
 };

@@ -5,7 +5,7 @@ use std::{fs::File, io, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use tsc_userspace::{
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, bind::VmSpec},
+    session::{Session, SessionOptions, VmSpec},
     tracefs::{EventName, shutdown_signal},
     wire::Endpoint,
 };

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::Flags;
 
 fn unscaled(offset: i64) -> TscParams {
     TscParams::unscaled(offset as u64)
