@@ -39,6 +39,7 @@
 
 mod freq;
 mod sample;
+pub mod stability;
 
 use std::{io, time::Duration};
 

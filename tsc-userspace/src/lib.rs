@@ -38,6 +38,7 @@ pub mod offsets;
 pub mod output;
 pub mod process;
 pub mod session;
+pub mod signal;
 pub mod timeline;
 pub mod tracefs;
 pub mod vmm;

@@ -16,7 +16,8 @@ use tsc_userspace::{
     ingest::SockAddr,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
     session::{Session, SessionOptions, VmSpec},
-    tracefs::{EventName, shutdown_signal},
+    signal::shutdown as shutdown_signal,
+    tracefs::EventName,
     wire::Endpoint,
 };
 

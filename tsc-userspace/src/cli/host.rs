@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use tsc_userspace::{
     output::{self, ClockMode, FlushPolicy, OutputFormat},
     session::{Session, SessionOptions, VmSpec},
-    tracefs::{EventName, shutdown_signal},
+    signal::shutdown as shutdown_signal,
+    tracefs::EventName,
     wire::Endpoint,
 };
 

@@ -38,6 +38,7 @@ fn apply(vms: &mut Vms, event: &OffsetEvent, clock: &Clock) {
 
 const PID: u32 = 4_194_400; // above any pid_max: no procfs lookups succeed
 
+/// An event of vCPU 0 of VM [`PID`].
 fn event(
     kind: EventKind,
     seq: u64,

@@ -75,7 +75,7 @@ impl HostTrace {
     pub fn info(&self) -> crate::correlator::HostTraceInfo {
         crate::correlator::HostTraceInfo {
             name: self.name().to_owned(),
-            layout: self.layout.clone(),
+            layout: self.layout,
             formats: self.formats.clone(),
             cpus: self.cpus.clone(),
         }

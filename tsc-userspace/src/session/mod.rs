@@ -126,7 +126,7 @@ impl Session {
     /// Starts everything: kernel programs, clock, listeners, host trace.
     /// Must run inside a tokio runtime.
     pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
-        warn_if_tsc_unstable();
+        crate::clock::stability::warn_if_unstable();
         let clock = Clock::calibrate()?;
         let monitor = Monitor::start(MonitorOptions {
             load: options.load.clone(),
@@ -371,19 +371,6 @@ impl Session {
 /// A VMM's command line (vsock CIDs), empty when it cannot be read.
 fn vmm_cmdline(pid: u32) -> Vec<String> {
     crate::process::cmdline(pid).unwrap_or_default()
-}
-
-/// Guest timestamps are only comparable with the host's when the host TSC
-/// is one stable clock: say so at start when it may not be.
-fn warn_if_tsc_unstable() {
-    let check = crate::doctor::system::Host::read().stability();
-    if check.status != crate::doctor::Status::Ok {
-        tracing::warn!(
-            "{}{}",
-            check.detail,
-            check.fix.map(|f| format!(" ({f})")).unwrap_or_default()
-        );
-    }
 }
 
 fn default_host_events() -> Vec<EventName> {

@@ -315,7 +315,7 @@ fn reference_assign(
         }
     };
     if cursor.0.is_some() && h < last {
-        flags = flags | Flags::BACKWARDS;
+        flags |= Flags::BACKWARDS;
     }
     *cursor = (Some(seq), h);
     Some((h, seq, flags))

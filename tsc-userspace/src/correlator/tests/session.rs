@@ -8,14 +8,14 @@ use std::{collections::HashMap, io, sync::Arc};
 
 use bytes::Bytes;
 
-use super::clock;
+use super::{clock, event};
 use crate::{
     Flags,
     correlator::{BoundBy, Correlator, CorrelatorConfig, HostTraceInfo, VmSpec},
     demo::{self as toy, Reading},
     ingest::{ConnId, ConnectionInfo, EventPage, GuestFormats, SockAddr},
     merge::MergeItem,
-    offsets::{EventKind, OffsetEvent, Source},
+    offsets::{EventKind, OffsetEvent},
     output::{EventWriter, WriteContext},
     tracefs::{FormatSet, PageBuilder, PageLayout},
     wire::TscSample,
@@ -82,28 +82,18 @@ fn correlator(vms: Vec<VmSpec>, host_cpus: Vec<u32>) -> Correlator {
 }
 
 /// A change of VM `pid`'s vCPU `vcpu` to `offset`, in force from host TSC
-/// `at` (the offset the vCPU holds is `effective`).
+/// `at` (the offset the vCPU holds is `effective`); seq 0 is a snapshot.
 fn change(pid: u32, vcpu: u32, seq: u64, offset: i64, effective: i64, at: u64) -> OffsetEvent {
+    let kind = if seq == 0 {
+        EventKind::Snapshot
+    } else {
+        EventKind::Change
+    };
     OffsetEvent {
-        event: if seq == 0 {
-            EventKind::Snapshot
-        } else {
-            EventKind::Change
-        },
         pid,
-        start_time: 1,
         comm: format!("vmm{pid}"),
         vcpu: Some(vcpu),
-        offset: Some(offset),
-        effective_offset: Some(effective),
-        ratio: None,
-        frac_bits: None,
-        source: Some(Source::Tracepoint),
-        seq: Some(seq),
-        prev: None,
-        changes: Some(seq),
-        epoch_start_ns: (seq > 0).then_some(at),
-        prev_epoch_end_ns: (seq > 0).then_some(at),
+        ..event(kind, seq, offset, Some(effective), (seq > 0).then_some(at))
     }
 }
 
