@@ -187,7 +187,7 @@ async fn the_agent_delivers_a_known_workload_decoded() {
     let report: AgentReport = run.await.unwrap().unwrap();
 
     assert_eq!(c.bye.as_deref(), Some("agent stopping"));
-    assert_eq!(report.sessions, 1);
+    assert_eq!(report.connections, 1);
     assert!(report.pages > 0);
     assert!(
         c.backwards.is_empty(),
@@ -376,5 +376,5 @@ async fn the_agent_reconnects_when_the_connection_breaks() {
         collect(&mut c, &item);
     }
     let report = run.await.unwrap().unwrap();
-    assert_eq!(report.sessions, 2);
+    assert_eq!(report.connections, 2);
 }
