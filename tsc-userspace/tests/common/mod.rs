@@ -21,15 +21,19 @@ pub use shared_buf::SharedBuf;
 /// all); a test without it fails rather than skips. Looks in `PATH` and in
 /// the sbin directories a normal user's `PATH` lacks (Debian puts bpftool in
 /// /usr/sbin).
+#[track_caller]
 pub fn require_tool(program: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    let found = std::env::split_paths(&path)
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{program} is not installed: run `cargo xtask setup` (it installs the tools the tests use)")
-        })
+        .find(|p| p.is_file());
+    match found {
+        Some(found) => found,
+        None => panic!(
+            "{program} is not installed: run `cargo xtask setup` (it installs the tools the tests use)"
+        ),
+    }
 }
 
 /// System resources that tests take turns on.
@@ -79,6 +83,7 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Polls `probe` until it returns `Some`, for at most `within`; then
 /// panics saying that `what` never happened.
+#[track_caller]
 pub fn wait_until<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
