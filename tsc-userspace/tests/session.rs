@@ -12,11 +12,11 @@ use common::{Resource, SharedBuf};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tsc_userspace::{
+    Flags,
     demo::{self, DemoAgent, Observer, Placements, Reading, ToyGuest},
     ingest::SockAddr,
-    merge::Flags,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, bind::VmSpec},
+    session::{Session, SessionOptions, VmSpec},
     vmm,
     wire::Endpoint,
 };
