@@ -324,7 +324,8 @@ impl Session {
                 }
             }
             IngestItem::TscSample { conn, sample, .. } => self.on_sample(conn, sample.tsc_before),
-            IngestItem::Page { .. } | IngestItem::Cmdlines { .. } => {}
+            // Exact watermarks (protocol 2): the merge does not use them yet.
+            IngestItem::Page { .. } | IngestItem::Cmdlines { .. } | IngestItem::Drained { .. } => {}
         }
         Ok(())
     }
