@@ -187,6 +187,7 @@ impl Session {
             kind: SourceKind::Host,
             name: host.name().to_owned(),
             formats: host.formats.clone(),
+            kernel_release: None,
         })?;
         let merger = Merger::new(MergeConfig::new(ticks(&clock, options.window)));
         Ok(Self {
@@ -346,6 +347,7 @@ impl Session {
             },
             name: info.peer.to_string(),
             formats: Arc::new(info.guest.formats().clone()),
+            kernel_release: Some(info.hello.kernel_release.clone()),
         });
         let source = match source {
             Ok(source) => source,
@@ -485,9 +487,11 @@ impl Session {
     fn release(&mut self, sink: &mut (dyn EventWriter + Send)) -> Result<(), SessionError> {
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
+        let to_boottime = |tsc| clock.tsc_to_boottime_ns(tsc);
         let ctx = WriteContext {
             sources: &self.sources,
             clock: &to_ns,
+            boottime: Some(&to_boottime),
         };
         let n = self
             .merger
@@ -513,9 +517,11 @@ impl Session {
         }
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
+        let to_boottime = |tsc| clock.tsc_to_boottime_ns(tsc);
         let ctx = WriteContext {
             sources: &self.sources,
             clock: &to_ns,
+            boottime: Some(&to_boottime),
         };
         self.merger
             .flush_all(|item| sink.write(&ctx, &item))
@@ -532,10 +538,12 @@ fn write(
     item: &MergeItem,
 ) -> Result<(), SessionError> {
     let to_ns = |tsc| clock.tsc_to_ns(tsc);
+    let to_boottime = |tsc| clock.tsc_to_boottime_ns(tsc);
     sink.write(
         &WriteContext {
             sources,
             clock: &to_ns,
+            boottime: Some(&to_boottime),
         },
         item,
     )
