@@ -164,6 +164,7 @@ def check(trace_path, jsonl_path, guests_json):
         "machines": {str(k): v for k, v in names.items()},
         "typed": dict(typed),
         "flagged": sum(1 for k in got.elements() if k[6]),
+        "flags": collections.Counter(f for k in got.elements() for f in k[6].split(",") if f),
     }))
 
 
