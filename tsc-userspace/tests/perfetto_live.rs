@@ -215,5 +215,12 @@ async fn a_live_vm_and_agent_open_as_two_machines() {
         .find(|t| t[0] == "host" && t[3] == "g1 vCPU 0")
         .unwrap_or_else(|| panic!("no vCPU thread named: {summary}"));
     assert_eq!(vcpu[2], pid, "{vcpu}");
+    let threads = tsc_userspace::kvm::Debugfs::default().vcpu_threads(pid);
+    assert_eq!(threads.len(), 1);
+    assert!(threads[0].1 > 0);
+    assert_eq!(
+        vcpu[1], threads[0].1,
+        "the thread KVM runs vCPU 0 on: {vcpu}"
+    );
     drop(child);
 }

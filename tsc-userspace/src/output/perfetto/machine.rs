@@ -93,22 +93,15 @@ pub(super) struct Machine {
 }
 
 impl Machine {
-    /// Names task `pid` `comm` as of `ts`, if it was not so named already.
-    /// `tgid_of` groups it under its process (host only).
-    fn name_task(
-        &mut self,
-        pid: i32,
-        comm: &str,
-        ts: u64,
-        tgid_of: Option<fn(i32) -> Option<i32>>,
-    ) {
+    /// Names task `pid` `comm` as of `ts`, if it was not so named already,
+    /// under process `tgid` when known.
+    fn name_task(&mut self, pid: i32, comm: &str, ts: u64, tgid: Option<i32>) {
         // The idle task is the trace processor's own (`swapper`).
         if pid <= 0 || self.pinned.contains(&pid) || self.named.get(&pid).is_some_and(|c| c == comm)
         {
             return;
         }
         self.named.insert(pid, comm.to_owned());
-        let tgid = tgid_of.and_then(|f| f(pid));
         if let Some(tgid) = tgid
             && self.processes.insert(tgid)
         {
@@ -126,29 +119,30 @@ impl Machine {
         self.pending_ts.get_or_insert(ts);
     }
 
-    /// Names a process with a fixed command line, and its threads with
-    /// fixed names.
-    fn pin_process(&mut self, pid: i32, cmdline: String, threads: Vec<(i32, String)>) {
+    /// Names process `pid` with a fixed command line.
+    fn pin_process(&mut self, pid: i32, cmdline: String) {
         self.processes.insert(pid);
         self.pending.processes.push(Process {
             pid: Some(pid),
             cmdline: vec![cmdline],
             cmdline_is_comm: Some(false),
         });
-        // A name an event gave a vCPU thread before its guest appeared is
-        // superseded: dropped if not written yet, else overridden by the
-        // later packet.
-        self.pending
-            .threads
-            .retain(|t| !threads.iter().any(|(tid, _)| t.tid == Some(*tid)));
-        for (tid, name) in threads {
-            self.pinned.insert(tid);
-            self.pending.threads.push(Thread {
-                tid: Some(tid),
-                name: Some(name),
-                tgid: Some(pid),
-            });
+    }
+
+    /// Names thread `tid` of process `pid` `name` for good, unless it is
+    /// already.
+    fn pin_thread(&mut self, pid: i32, tid: i32, name: String) {
+        if tid <= 0 || !self.pinned.insert(tid) {
+            return;
         }
+        // A name an event gave it before is superseded: dropped if not
+        // written yet, else overridden by this later packet.
+        self.pending.threads.retain(|t| t.tid != Some(tid));
+        self.pending.threads.push(Thread {
+            tid: Some(tid),
+            name: Some(name),
+            tgid: Some(pid),
+        });
     }
 
     /// The pending `ProcessTree` packet, if any.
@@ -173,6 +167,10 @@ pub(super) struct Machines {
     /// The host machine's index, once a host source was seen.
     host_index: Option<usize>,
     next_id: u32,
+    /// Host tasks seen, with their process when `/proc` said.
+    host_tasks: HashMap<i32, Option<i32>>,
+    /// Each bound VMM (pid) and its VM's name.
+    vmms: HashMap<i32, String>,
 }
 
 impl Machines {
@@ -183,6 +181,8 @@ impl Machines {
             list: Vec::new(),
             host_index: None,
             next_id: 1,
+            host_tasks: HashMap::new(),
+            vmms: HashMap::new(),
         }
     }
 
@@ -252,19 +252,46 @@ impl Machines {
             return;
         };
         let machine_id = self.list[guest].id.unwrap_or(0);
-        let threads = (self.host.vcpu_threads_of)(vm_pid)
-            .into_iter()
-            .map(|(vcpu, tid)| (tid, format!("{vm_name} vCPU {vcpu}")))
-            .collect();
-        let cmdline = format!("{vm_name}: VMM of guest machine {machine_id}");
         let host = self.host_machine();
-        self.list[host].pin_process(pid, cmdline, threads);
+        let cmdline = format!("{vm_name}: VMM of guest machine {machine_id}");
+        self.list[host].pin_process(pid, cmdline);
+        self.vmms.insert(pid, vm_name.to_owned());
+        self.name_vcpus(pid);
     }
 
-    /// Names `pid` of machine `i` after `comm` at `ts`.
-    pub(super) fn name_task(&mut self, i: usize, pid: i32, comm: &str, ts: u64) {
-        let tgid_of = (Some(i) == self.host_index).then_some(self.host.tgid_of);
-        self.list[i].name_task(pid, comm, ts, tgid_of);
+    /// Names the vCPU threads of VMM `pid` that have run (KVM records a
+    /// vCPU's thread at its first `KVM_RUN`).
+    fn name_vcpus(&mut self, pid: i32) {
+        let (Some(vm_name), Some(host)) = (self.vmms.get(&pid), self.host_index) else {
+            return;
+        };
+        let Ok(vmm) = u32::try_from(pid) else { return };
+        for (vcpu, tid) in (self.host.vcpu_threads_of)(vmm) {
+            self.list[host].pin_thread(pid, tid, format!("{vm_name} vCPU {vcpu}"));
+        }
+    }
+
+    /// Task `pid` of machine `i` was seen at `ts`, named `comm` if known.
+    /// A host task seen for the first time is looked up in `/proc`: its
+    /// process groups it, and a new thread of a VMM may be a vCPU's.
+    pub(super) fn saw_task(&mut self, i: usize, pid: i32, comm: Option<&str>, ts: u64) {
+        let mut tgid = None;
+        if Some(i) == self.host_index && pid > 0 {
+            tgid = match self.host_tasks.get(&pid) {
+                Some(&tgid) => tgid,
+                None => {
+                    let tgid = (self.host.tgid_of)(pid);
+                    self.host_tasks.insert(pid, tgid);
+                    if let Some(vmm) = tgid.filter(|t| self.vmms.contains_key(t)) {
+                        self.name_vcpus(vmm);
+                    }
+                    tgid
+                }
+            };
+        }
+        if let Some(comm) = comm {
+            self.list[i].name_task(pid, comm, ts, tgid);
+        }
     }
 
     /// The `TracePacket.machine_id` of machine `i`.

@@ -59,8 +59,9 @@
 //!   are named but not grouped (the agent does not send tgids).
 //! - **vCPU threads.** On the host machine, each guest's VMM process is
 //!   named `VM: VMM of guest machine N` and its vCPU threads (KVM debugfs
-//!   `vcpuN/pid`, read when the guest's first event is written) are named
-//!   `VM vCPU N`, so the host thread running guest machine N's CPU is found
+//!   `vcpuN/pid`, read when the guest's first event is written and again
+//!   whenever a new thread of the VMM shows in the host's events; a vCPU
+//!   has a thread there once it has run) are named `VM vCPU N`, so the host thread running guest machine N's CPU is found
 //!   by name beside the guest machine's CPU tracks. Names given this way
 //!   stay: the trace processor ranks `ProcessTree` names above the ones
 //!   sched events carry.
@@ -154,8 +155,8 @@ impl<W: Write> PerfettoWriter<W> {
         let ts = self.timestamp(ctx, item.host_tsc);
         let r = Resolved::new(ctx.sources, item);
         let m = self.machines.of(item.source, r.source, &mut self.sink.buf);
-        if let (Some(pid), Some(comm)) = (r.pid, r.comm) {
-            self.machines.name_task(m, pid, comm, ts);
+        if let Some(pid) = r.pid {
+            self.machines.saw_task(m, pid, r.comm, ts);
         }
         let machine_id = self.machines.id(m);
         let event = |payload| FtraceEvent {
