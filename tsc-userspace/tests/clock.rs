@@ -215,12 +215,12 @@ fn median(values: &[i64]) -> i64 {
 fn report(name: &str, errors: &Errors) {
     for (what, v) in [
         (
-            "kernel: |mono outside converted x86-tsc bracket|",
+            "kernel: |clock outside converted x86-tsc bracket|",
             &errors.outside,
         ),
-        ("kernel: mono - bracket middle", &errors.mid),
+        ("kernel: clock - bracket middle", &errors.mid),
         ("kernel: bracket width", &errors.width),
-        ("vDSO: tsc_to_ns - CLOCK_MONOTONIC", &errors.vdso),
+        ("vDSO: converted - clock_gettime", &errors.vdso),
     ] {
         println!(
             "{name}: {what}: median {} ns, |p50| {} ns, |p99| {} ns, |max| {} ns (n = {})",

@@ -25,15 +25,13 @@ pub const UNKNOWN_EVENT: &str = "tsc_tracer_unknown";
 /// writer prints), and no value for a field beyond the record.
 pub(super) fn field(name: &str, value: Result<Value<'_>, FieldError>) -> GenericField {
     let value = match value {
-        Ok(Value::Unsigned(v) | Value::Pointer(v)) => Some(GenericValue::UintValue(v)),
-        Ok(Value::Signed(v)) => Some(GenericValue::IntValue(v)),
-        Ok(Value::Str(s)) => Some(GenericValue::StrValue(
-            String::from_utf8_lossy(s).into_owned(),
-        )),
+        Ok(Value::Unsigned(v) | Value::Pointer(v)) => Some(GenericValue::Uint(v)),
+        Ok(Value::Signed(v)) => Some(GenericValue::Int(v)),
+        Ok(Value::Str(s)) => Some(GenericValue::Str(String::from_utf8_lossy(s).into_owned())),
         Ok(v @ (Value::Array(_) | Value::Bytes(_))) => {
             let mut json = Vec::new();
             push_json_value(&mut json, Ok(v));
-            Some(GenericValue::StrValue(
+            Some(GenericValue::Str(
                 String::from_utf8_lossy(&json).into_owned(),
             ))
         }
@@ -56,7 +54,7 @@ pub(super) fn flags_field(flags: Flags) -> Option<GenericField> {
     });
     Some(GenericField {
         name: Some(FLAGS_FIELD.to_owned()),
-        value: Some(GenericValue::StrValue(text)),
+        value: Some(GenericValue::Str(text)),
     })
 }
 
@@ -86,7 +84,7 @@ pub(super) fn extra(
         0,
         GenericField {
             name: Some(OF_FIELD.to_owned()),
-            value: Some(GenericValue::StrValue(of)),
+            value: Some(GenericValue::Str(of)),
         },
     );
     Some(GenericFtraceEvent {
@@ -100,7 +98,7 @@ pub(super) fn extra(
 pub(super) fn unknown(id: Option<u16>, payload_len: usize, flags: Flags) -> GenericFtraceEvent {
     let uint = |name: &str, v: u64| GenericField {
         name: Some(name.to_owned()),
-        value: Some(GenericValue::UintValue(v)),
+        value: Some(GenericValue::Uint(v)),
     };
     let mut fields = Vec::with_capacity(3);
     fields.extend(id.map(|id| uint("id", u64::from(id))));

@@ -246,13 +246,14 @@ pub struct GenericField {
     pub value: Option<GenericValue>,
 }
 
-/// `trace/ftrace/generic.proto`: the `GenericFtraceEvent.Field.value` oneof.
+/// `trace/ftrace/generic.proto`: the `GenericFtraceEvent.Field.value` oneof
+/// (`str_value`, `int_value`, `uint_value`).
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum GenericValue {
     #[prost(string, tag = "3")]
-    StrValue(String),
+    Str(String),
     #[prost(int64, tag = "4")]
-    IntValue(i64),
+    Int(i64),
     #[prost(uint64, tag = "5")]
-    UintValue(u64),
+    Uint(u64),
 }

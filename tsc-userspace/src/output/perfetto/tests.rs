@@ -360,11 +360,11 @@ fn sched_events_are_typed_and_nothing_is_lost() {
         [
             (
                 OF_FIELD.into(),
-                Some(GenericValue::StrValue("sched:sched_switch".into()))
+                Some(GenericValue::Str("sched:sched_switch".into()))
             ),
             (
                 FLAGS_FIELD.into(),
-                Some(GenericValue::StrValue("resolved-by-order,late".into()))
+                Some(GenericValue::Str("resolved-by-order,late".into()))
             ),
         ]
     );
@@ -383,14 +383,14 @@ fn sched_events_are_typed_and_nothing_is_lost() {
             .value
             .clone()
     };
-    assert_eq!(value("exit_reason"), Some(GenericValue::UintValue(30)));
+    assert_eq!(value("exit_reason"), Some(GenericValue::Uint(30)));
     assert_eq!(
         value("guest_rip"),
-        Some(GenericValue::UintValue(0xffff_ffff_8100_0000))
+        Some(GenericValue::Uint(0xffff_ffff_8100_0000))
     );
     assert_eq!(
         value(FLAGS_FIELD),
-        Some(GenericValue::StrValue("offset-not-applied".into()))
+        Some(GenericValue::Str("offset-not-applied".into()))
     );
     assert_eq!(g.field.len(), 10, "9 fields of kvm_exit and the flags");
     // An unknown format: named so, with its id and length.
