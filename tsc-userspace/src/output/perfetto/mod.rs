@@ -55,7 +55,7 @@
 //!   is an event's pid and that its source's command-name table names (the
 //!   host's `saved_cmdlines` and sched events, the guest's agent and sched
 //!   events), once and again when renamed. Host tasks are grouped under
-//!   their processes (tgid from `/proc` when first named); a guest's tasks
+//!   their processes (tgid from `/proc` when first seen); a guest's tasks
 //!   are named but not grouped (the agent does not send tgids).
 //! - **vCPU threads.** On the host machine, each guest's VMM process is
 //!   named `VM: VMM of guest machine N` and its vCPU threads (KVM debugfs
