@@ -49,6 +49,7 @@
 
 mod freq;
 mod sample;
+pub mod stability;
 
 use std::{io, time::Duration};
 
@@ -197,6 +198,28 @@ impl Clock {
         }
         tracing::debug!(tsc_khz, ?source, rate_ppb = clock.rate_ppb(), anchor = ?mono1, boot_anchor = ?boot1, "TSC clock calibrated");
         Ok(clock)
+    }
+
+    /// A clock that runs at exactly `tsc_khz` from `anchor`, with nothing
+    /// measured: for replaying recorded inputs and for tests, where a
+    /// conversion must not depend on the machine. Its BOOTTIME is its
+    /// MONOTONIC (same anchor).
+    pub fn fixed(anchor: Sample, tsc_khz: u64) -> Self {
+        let line = Line {
+            anchor,
+            rate_base: anchor,
+            mult: 0,
+        };
+        let mut clock = Self {
+            mono: line,
+            boot: line,
+            tsc_khz: tsc_khz.max(1),
+            source: FreqSource::Given,
+        };
+        let mult = clock.nominal_mult() as u64;
+        clock.mono.mult = mult;
+        clock.boot.mult = mult;
+        clock
     }
 
     /// Re-anchors on new samples, and re-measures the rates from bases at

@@ -19,12 +19,11 @@ use std::{
 
 use tsc_common::tsc::TscParams;
 use tsc_userspace::{
+    Flags,
     clock::Clock,
-    merge::{
-        EventData, Flags, MergeConfig, MergeItem, Merger, SourceId, SourceInfo, SourceKind, Sources,
-    },
+    merge::{EventData, MergeConfig, MergeItem, Merger, SourceId, SourceInfo, SourceKind, Sources},
     output::{EventWriter, FlushPolicy, JsonWriter, PerfettoWriter, WriteContext},
-    timeline::{self, OffsetChange, StreamCursor, VcpuTimeline},
+    timeline::{OffsetChange, StreamCursor, VcpuTimeline},
     tracefs::{FormatSet, Instance, InstanceOptions, Page},
 };
 
@@ -152,16 +151,7 @@ fn guest_kind(name: &str, pid: u32) -> SourceKind {
 /// vCPU's timeline, else outside any epoch.
 fn place(timeline: &VcpuTimeline, cursor: &mut StreamCursor, g: u64) -> (u64, Option<u64>, Flags) {
     match timeline.assign(cursor, g) {
-        Ok(a) => {
-            let mut flags = Flags::NONE;
-            if a.flags.contains(timeline::Flags::RESOLVED_BY_ORDER) {
-                flags.insert(Flags::RESOLVED_BY_ORDER);
-            }
-            if a.flags.contains(timeline::Flags::OUTSIDE_EPOCH) {
-                flags.insert(Flags::OUTSIDE_EPOCH);
-            }
-            (a.host, Some(a.epoch), flags)
-        }
+        Ok(a) => (a.host, Some(a.epoch), a.flags),
         Err(_) => (g, None, Flags::OUTSIDE_EPOCH),
     }
 }

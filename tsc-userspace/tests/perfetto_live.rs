@@ -20,7 +20,7 @@ use tsc_userspace::{
     ingest::SockAddr,
     merge::MergeItem,
     output::{EventWriter, FlushPolicy, JsonWriter, PerfettoWriter, WriteContext},
-    session::{Session, SessionOptions, bind::VmSpec},
+    session::{Session, SessionOptions, VmSpec},
     vmm::Child,
     wire::Endpoint,
 };

@@ -5,8 +5,9 @@ use std::{fs::File, io, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use tsc_userspace::{
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, bind::VmSpec},
-    tracefs::{EventName, shutdown_signal},
+    session::{Session, SessionOptions, VmSpec},
+    signal::shutdown as shutdown_signal,
+    tracefs::EventName,
     wire::Endpoint,
 };
 

@@ -4,7 +4,7 @@
 
 use super::proto::{GenericField, GenericFtraceEvent, GenericValue};
 use crate::{
-    merge::Flags,
+    Flags,
     output::value::push_json_value,
     tracefs::{Event, FieldError, Value},
 };

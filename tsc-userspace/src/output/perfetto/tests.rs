@@ -11,7 +11,8 @@ use super::{
     *,
 };
 use crate::{
-    merge::{EventData, Flags, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
+    Flags,
+    merge::{EventData, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
     output::WriteContext,
     tracefs::FormatSet,
 };
