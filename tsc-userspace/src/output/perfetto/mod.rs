@@ -41,7 +41,8 @@
 //!   the record. An event of unknown format is a generic `tsc_tracer_unknown`
 //!   with `id` (when known) and `payload_len`, and no pid.
 //! - **Nothing lost.** An event's flags (`resolved-by-order`,
-//!   `outside-epoch`, `offset-not-applied`, `late`) are the field
+//!   `outside-epoch`, `backwards`, `offset-not-applied`, `late`: every
+//!   name [`Flags::names`](crate::Flags::names) gives) are the field
 //!   `tsc_tracer_flags` (comma-separated names, as in the text output) of a
 //!   generic event. A typed event cannot hold it, nor a kernel field its
 //!   message lacks (6.x's `sched_process_exit.group_dead`): when it has
