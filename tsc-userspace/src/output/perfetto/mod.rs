@@ -68,7 +68,7 @@
 //!   sched events carry.
 //!
 //! # Why prost with hand-written messages
-//! The messages are plain Rust structs with `prost` derives ([`proto`]),
+//! The messages are plain Rust structs with `prost` derives (`proto.rs`),
 //! for exactly the fields written, each citing its upstream `.proto`. No
 //! protoc and no build-time code generation (nothing to install, nothing
 //! generated to review), and the wire encoding is prost's, which is well
