@@ -28,18 +28,15 @@ use tsc_userspace::{
 };
 
 /// The venv `cargo xtask setup` installs `perfetto` and `protobuf` into.
-fn python() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
+fn python() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
     let py = Path::new(&home).join(".local/share/tsc-tracer/venv/bin/python3");
-    if py.exists() {
-        return Some(py);
-    }
-    let why = format!("{} is missing: run `cargo xtask setup`", py.display());
-    if std::env::var_os(common::REQUIRE_PRIVILEGED).is_some() {
-        panic!("{why}");
-    }
-    eprintln!("\n*** SKIPPED: {why}. ***\n");
-    None
+    assert!(
+        py.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        py.display()
+    );
+    py
 }
 
 fn check_py() -> PathBuf {
@@ -337,7 +334,7 @@ fn replayed_histories_decode_with_the_official_schema() {
     if !common::privileged("replayed_histories_decode_with_the_official_schema") {
         return;
     }
-    let Some(py) = python() else { return };
+    let py = python();
     let clock = Clock::calibrate().unwrap();
     let (formats, records) = record();
     assert!(records.len() > 20, "{} records", records.len());

@@ -53,18 +53,15 @@ impl EventWriter for Tee {
     }
 }
 
-fn python() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
+fn python() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
     let py = Path::new(&home).join(".local/share/tsc-tracer/venv/bin/python3");
-    if py.exists() {
-        return Some(py);
-    }
-    let why = format!("{} is missing: run `cargo xtask setup`", py.display());
-    if std::env::var_os(common::REQUIRE_PRIVILEGED).is_some() {
-        panic!("{why}");
-    }
-    eprintln!("\n*** SKIPPED: {why}. ***\n");
-    None
+    assert!(
+        py.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        py.display()
+    );
+    py
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +69,7 @@ async fn a_live_vm_and_agent_open_as_two_machines() {
     if !common::privileged("a_live_vm_and_agent_open_as_two_machines") {
         return;
     }
-    let Some(py) = python() else { return };
+    let py = python();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("live.perfetto-trace");
 
