@@ -185,9 +185,9 @@ fn rewind(source: SourceId, records: &[(u32, u64, EventData)]) -> Vec<MergeItem>
         let params = TscParams::unscaled((start as i64).wrapping_neg() as u64);
         timeline
             .offset_change(OffsetChange {
-                at: start,
+                new_start: start,
                 params,
-                last_exit: None,
+                old_end: None,
             })
             .unwrap();
     }
@@ -220,9 +220,9 @@ fn scaled(source: SourceId, records: &[(u32, u64, EventData)]) -> Vec<MergeItem>
     let mut timeline = VcpuTimeline::default();
     timeline
         .offset_change(OffsetChange {
-            at: first - 1,
+            new_start: first - 1,
             params,
-            last_exit: None,
+            old_end: None,
         })
         .unwrap();
     let mut cursors: BTreeMap<u32, StreamCursor> = BTreeMap::new();
