@@ -37,7 +37,9 @@ pub struct Args {
     /// the bound VMs' threads).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     host_events: Option<Vec<EventName>>,
-    /// Output format.
+    /// Output format. `perfetto` writes a Perfetto trace (binary: give
+    /// -o FILE) to open at ui.perfetto.dev; its timestamps are always host
+    /// CLOCK_BOOTTIME nanoseconds, whatever --clock says.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
     /// Timestamps in host nanoseconds (CLOCK_MONOTONIC) or host TSC ticks.
@@ -63,6 +65,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 async fn run_async(args: Args) -> Result<ExitCode> {
+    if args.format == OutputFormat::Perfetto
+        && args.output.is_none()
+        && io::IsTerminal::is_terminal(&io::stdout())
+    {
+        anyhow::bail!("--format perfetto is binary: write it to a file with -o FILE");
+    }
     let listen = listeners(&args.listen)?;
     let options = SessionOptions {
         listen,
