@@ -29,8 +29,9 @@
 //! sample at least half a second old (the base moves on every
 //! [`RATE_BASE_SPAN`]), so after a few seconds the rate is good to a few
 //! ppb and the error stays within tens of nanoseconds with a refresh every
-//! second or so. The privileged test `tests/clock.rs` measures it against
-//! the kernel's own `mono` trace clock.
+//! [`REFRESH_PERIOD`] (1 s, the period the session and `convert` use). The
+//! privileged test `tests/clock.rs` measures it against the kernel's own
+//! `mono` trace clock.
 //!
 //! Conversions are integer: `ns = anchor_ns + ((tsc - anchor_tsc) * mult) >> 40`,
 //! rounding down; [`Clock::ns_to_tsc`] returns the first TSC at or after a
@@ -54,6 +55,8 @@ const TRIES: usize = 64;
 pub const CALIBRATION_SPAN: Duration = Duration::from_millis(100);
 /// Samples at least this far apart (ns) re-measure the rate.
 const MIN_RATE_SPAN_NS: u64 = 500_000_000;
+/// How often a long-running user calls [`Clock::refresh`].
+pub const REFRESH_PERIOD: Duration = Duration::from_secs(1);
 /// How long a rate base sample serves before the next refresh replaces it.
 pub const RATE_BASE_SPAN: Duration = Duration::from_secs(8);
 /// A measured rate further than this from `tsc_khz` is not trusted.
@@ -155,7 +158,7 @@ impl Clock {
     }
 
     /// Re-anchors on a new sample, and re-measures the rate from a base at
-    /// least half a second old. Call it every second or so.
+    /// least half a second old. Call it every [`REFRESH_PERIOD`].
     pub fn refresh(&mut self) -> Result<(), ClockError> {
         let now = sample::take(Against::Monotonic, TRIES)?;
         let span = now.ns.saturating_sub(self.rate_base.ns);

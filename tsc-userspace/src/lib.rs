@@ -13,21 +13,39 @@
 //! [`merge`] puts many ordered event streams on one timeline and [`output`]
 //! writes it; [`session`] drives it all live. [`demo`] is the toy guest and
 //! agent behind `tsc-tracer demo`.
+//!
+//! Without the default `host` feature only [`agent`], [`tracefs`] and
+//! [`wire`] build: the guest agent alone (the `tsc-agent` binary), with
+//! stable Rust and none of the kernel side's dependencies.
 
 pub mod agent;
+#[cfg(feature = "host")]
 pub mod btf;
+#[cfg(feature = "host")]
 pub mod clock;
+#[cfg(feature = "host")]
 pub mod demo;
+#[cfg(feature = "host")]
 pub mod doctor;
+#[cfg(feature = "host")]
 pub mod ebpf;
+#[cfg(feature = "host")]
 pub mod ingest;
+#[cfg(feature = "host")]
 pub mod kvm;
+#[cfg(feature = "host")]
 pub mod merge;
+#[cfg(feature = "host")]
 pub mod offsets;
+#[cfg(feature = "host")]
 pub mod output;
+#[cfg(feature = "host")]
 pub mod process;
+#[cfg(feature = "host")]
 pub mod session;
+#[cfg(feature = "host")]
 pub mod timeline;
 pub mod tracefs;
+#[cfg(feature = "host")]
 pub mod vmm;
 pub mod wire;

@@ -1,9 +1,10 @@
 //! Installs what the build and the tests need, idempotently.
 //!
-//! The recipe is the one measured in FACTS.md: the eBPF object is built by the
-//! installed `nightly` with `-Z build-std=core`, and bpf-linker must use the
-//! same LLVM as that nightly, so it is built against the nightly's own
-//! libLLVM rather than taken with its default LLVM from crates.io.
+//! The recipe, as measured on this project's build machines: the eBPF object
+//! is built by the installed `nightly` with `-Z build-std=core`, and
+//! bpf-linker must use the same LLVM as that nightly (bpf-linker 0.13 from
+//! crates.io defaults to a newer LLVM that does not match), so it is built
+//! against the nightly's own libLLVM.
 
 use std::{
     fs,

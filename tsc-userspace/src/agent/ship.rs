@@ -33,9 +33,9 @@ const CMDLINES_EVERY: u32 = 5;
 enum SessionError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
     #[error("the host did not answer the Hello within {0:?}")]
     HandshakeTimeout(Duration),

@@ -1,4 +1,4 @@
-//! `tsc-tracer agent`: the guest side of a session.
+//! `tsc-tracer agent` and `tsc-agent`: the guest side of a session.
 
 use std::{process::ExitCode, time::Duration};
 
