@@ -150,7 +150,10 @@ fn offset_set_is_exact_in_the_tracepoint_and_reads_back_as_the_backend_applies_i
     // (see `vmm::is_pvm`): KVM_GET_DEVICE_ATTR reads 0 there. Elsewhere it
     // is exact.
     if vmm::is_pvm() {
-        assert_eq!(readback, 0, "PVM now applies offsets? update vmm::is_pvm's doc");
+        assert_eq!(
+            readback, 0,
+            "PVM now applies offsets? update vmm::is_pvm's doc"
+        );
         assert_eq!(last.prev, 0);
     } else {
         assert_eq!(readback, offset);

@@ -82,8 +82,8 @@ pub fn cpu_has_rdtscp() -> bool {
 #[cfg(target_arch = "x86_64")]
 fn rdtscp() -> (u64, u32) {
     let mut aux = 0u32;
-    // SAFETY: only reached with TscMethod::Rdtscp, which CPUID confirmed
-    // (or a caller chose); rdtscp writes only `aux`, a valid local.
+    // SAFETY: only reached with TscMethod::Rdtscp where CPUID confirmed it
+    // (`take_with`); rdtscp writes only `aux`, a valid local.
     let tsc = unsafe { core::arch::x86_64::__rdtscp(&mut aux) };
     (tsc, aux)
 }
@@ -124,10 +124,15 @@ impl TscSample {
         Self::take_with(TscMethod::detect())
     }
 
-    /// Takes one reading with `method`, which the CPU must have (`rdtscp`
-    /// raises SIGILL where it lacks it).
+    /// Takes one reading with `method`; [`TscMethod::Rdtscp`] on a CPU
+    /// without the instruction (where it would raise SIGILL) reads with
+    /// [`TscMethod::Rdtsc`] instead.
     #[cfg(target_arch = "x86_64")]
     pub fn take_with(method: TscMethod) -> Self {
+        let method = match (method, TscMethod::detect()) {
+            (TscMethod::Rdtscp, TscMethod::Rdtsc) => TscMethod::Rdtsc,
+            _ => method,
+        };
         let mut sample = Self::take_once(method).0;
         for _ in 0..MIGRATION_RETRIES {
             let (s, same_cpu) = Self::take_once(method);
