@@ -31,8 +31,9 @@
 //! sample at least half a second old (the base moves on every
 //! [`RATE_BASE_SPAN`]), so after a few seconds the rate is good to a few
 //! ppb and the error stays within tens of nanoseconds with a refresh every
-//! second or so. The privileged test `tests/clock.rs` measures it against
-//! the kernel's own `mono` trace clock.
+//! [`REFRESH_PERIOD`] (1 s, the period the session and `convert` use). The
+//! privileged test `tests/clock.rs` measures it against the kernel's own
+//! `mono` trace clock.
 //!
 //! `CLOCK_BOOTTIME` is MONOTONIC plus the time the machine was suspended:
 //! the same rate, a different zero that jumps on resume. It gets its own
@@ -65,6 +66,8 @@ const TRIES: usize = 64;
 pub const CALIBRATION_SPAN: Duration = Duration::from_millis(100);
 /// Samples at least this far apart (ns) re-measure the rate.
 const MIN_RATE_SPAN_NS: u64 = 500_000_000;
+/// How often a long-running user calls [`Clock::refresh`].
+pub const REFRESH_PERIOD: Duration = Duration::from_secs(1);
 /// How long a rate base sample serves before the next refresh replaces it.
 pub const RATE_BASE_SPAN: Duration = Duration::from_secs(8);
 /// A measured rate further than this from `tsc_khz` is not trusted.
@@ -223,7 +226,7 @@ impl Clock {
     }
 
     /// Re-anchors on new samples, and re-measures the rates from bases at
-    /// least half a second old. Call it every second or so.
+    /// least half a second old. Call it every [`REFRESH_PERIOD`].
     pub fn refresh(&mut self) -> Result<(), ClockError> {
         let now = sample::take(Against::Monotonic, TRIES)?;
         let boot = sample::take(Against::Boottime, TRIES)?;

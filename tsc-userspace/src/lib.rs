@@ -22,26 +22,47 @@
 //! Beside the flow: [`doctor`] checks what a host allows, [`vmm`] is a
 //! minimal VMM on `/dev/kvm` (tests, demo), [`demo`] the toy guest behind
 //! `tsc-tracer demo`.
+//!
+//! Without the default `host` feature only [`agent`], [`signal`], [`tracefs`]
+//! and [`wire`] build: the guest agent alone (the `tsc-agent` binary), with
+//! stable Rust and none of the kernel side's dependencies.
 
 pub mod agent;
+#[cfg(feature = "host")]
 pub mod btf;
+#[cfg(feature = "host")]
 pub mod clock;
+#[cfg(feature = "host")]
 pub mod correlator;
+#[cfg(feature = "host")]
 pub mod demo;
+#[cfg(feature = "host")]
 pub mod doctor;
+#[cfg(feature = "host")]
 pub mod ebpf;
+#[cfg(feature = "host")]
 pub mod flags;
+#[cfg(feature = "host")]
 pub mod ingest;
+#[cfg(feature = "host")]
 pub mod kvm;
+#[cfg(feature = "host")]
 pub mod merge;
+#[cfg(feature = "host")]
 pub mod offsets;
+#[cfg(feature = "host")]
 pub mod output;
+#[cfg(feature = "host")]
 pub mod process;
+#[cfg(feature = "host")]
 pub mod session;
 pub mod signal;
+#[cfg(feature = "host")]
 pub mod timeline;
 pub mod tracefs;
+#[cfg(feature = "host")]
 pub mod vmm;
 pub mod wire;
 
+#[cfg(feature = "host")]
 pub use flags::Flags;

@@ -1,6 +1,7 @@
 //! The real agent on this machine's real tracefs, delivering to an
 //! in-process ingest over TCP: exact counts, field values and per-CPU
-//! timestamp order.
+//! timestamp order. The binary checks run against both `tsc-tracer agent`
+//! and `tsc-agent` (the agent alone, built without the host side).
 
 mod common;
 
@@ -29,6 +30,29 @@ const MARKERS: usize = 3000;
 // `common::take_turn(Resource::Tracing)`.
 
 const EXECS: usize = 20;
+
+/// The two ways to run the agent binary: `tsc-tracer agent` and `tsc-agent`.
+#[derive(Clone, Copy, Debug)]
+enum Binary {
+    TscTracer,
+    TscAgent,
+}
+
+impl Binary {
+    const ALL: [Binary; 2] = [Binary::TscTracer, Binary::TscAgent];
+
+    /// The command up to the agent's own options.
+    fn command(self) -> Command {
+        match self {
+            Binary::TscTracer => {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_tsc-tracer"));
+                cmd.arg("agent");
+                cmd
+            }
+            Binary::TscAgent => Command::new(env!("CARGO_BIN_EXE_tsc-agent")),
+        }
+    }
+}
 
 async fn ingest() -> (Ingest, Endpoint) {
     let listen: Endpoint = "tcp:127.0.0.1:0".parse().unwrap();
@@ -245,16 +269,29 @@ async fn the_agent_delivers_a_known_workload_decoded() {
 }
 
 #[test]
-fn the_binary_stops_cleanly_on_sigterm() {
-    if !common::privileged("the_binary_stops_cleanly_on_sigterm") {
+fn tsc_tracer_agent_stops_cleanly_on_sigterm() {
+    if !common::privileged("tsc_tracer_agent_stops_cleanly_on_sigterm") {
         return;
     }
+    stops_cleanly_on_sigterm(Binary::TscTracer);
+}
+
+#[test]
+fn tsc_agent_stops_cleanly_on_sigterm() {
+    if !common::privileged("tsc_agent_stops_cleanly_on_sigterm") {
+        return;
+    }
+    stops_cleanly_on_sigterm(Binary::TscAgent);
+}
+
+fn stops_cleanly_on_sigterm(binary: Binary) {
     let _turn = common::take_turn(Resource::Tracing);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut ingest, endpoint) = ingest().await;
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_tsc-tracer"))
-            .args(["agent", "--connect", &endpoint.to_string(), "--events"])
+        let mut agent = binary
+            .command()
+            .args(["--connect", &endpoint.to_string(), "--events"])
             .arg("sched:sched_process_exec")
             .args(["--name", "sigterm-test", "--retry", "0"])
             .stderr(Stdio::inherit())
@@ -300,6 +337,12 @@ fn retry_zero_fails_at_once_with_a_clear_message() {
     if !common::privileged("retry_zero_fails_at_once_with_a_clear_message") {
         return;
     }
+    for binary in Binary::ALL {
+        retry_zero_fails_at_once(binary);
+    }
+}
+
+fn retry_zero_fails_at_once(binary: Binary) {
     let _turn = common::take_turn(Resource::Tracing);
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -307,9 +350,9 @@ fn retry_zero_fails_at_once_with_a_clear_message() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_tsc-tracer"))
+    let out = binary
+        .command()
         .args([
-            "agent",
             "--connect",
             &format!("tcp:127.0.0.1:{port}"),
             "--retry",
@@ -318,10 +361,16 @@ fn retry_zero_fails_at_once_with_a_clear_message() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{binary:?}: {stderr}");
     assert!(
         stderr.contains(&format!("connection refused by tcp:127.0.0.1:{port}")),
-        "{stderr}"
+        "{binary:?}: {stderr}"
+    );
+    // The cause once, not once per link of the error chain.
+    assert_eq!(
+        stderr.matches("os error 111").count(),
+        1,
+        "{binary:?}: {stderr}"
     );
 }
 
@@ -501,4 +550,43 @@ async fn the_agent_falls_back_to_a_version_1_host() {
     assert_eq!(versions, vec![tsc_userspace::wire::VERSION, 1]);
     assert_eq!(frames.last(), Some(&"Bye"));
     assert!(!frames.contains(&"Drained"), "{frames:?}");
+}
+
+/// `ftrace:print` (what `trace_marker` writes become) is recorded by every
+/// instance without enabling: asking for it is fine, and the Hello names it
+/// once. An `ftrace` event a tracer writes cannot be enabled: said so, once.
+#[tokio::test]
+async fn the_marker_event_needs_no_enabling() {
+    if !common::privileged("the_marker_event_needs_no_enabling") {
+        return;
+    }
+    let _turn = common::take_turn(Resource::Tracing);
+    let endpoint: Endpoint = "tcp:127.0.0.1:9".parse().unwrap();
+    let config = AgentConfig {
+        events: vec![
+            "ftrace:print".parse().unwrap(),
+            "sched:sched_process_exec".parse().unwrap(),
+        ],
+        ..AgentConfig::new(endpoint.clone())
+    };
+    let agent = Agent::start(config).unwrap();
+    let names: Vec<String> = agent
+        .hello()
+        .events
+        .iter()
+        .map(|e| format!("{}:{}", e.system, e.name))
+        .collect();
+    assert_eq!(names, ["sched:sched_process_exec", "ftrace:print"]);
+    let print = &agent.hello().events[1];
+    assert!(print.format.contains("name: print"), "{}", print.format);
+    drop(agent);
+
+    let config = AgentConfig {
+        events: vec!["ftrace:function".parse().unwrap()],
+        ..AgentConfig::new(endpoint)
+    };
+    let err = Agent::start(config).err().expect("ftrace:function refused");
+    let text = format!("{err}");
+    assert!(text.contains("ftrace:function cannot be enabled"), "{text}");
+    assert!(std::error::Error::source(&err).is_none(), "{err:?}");
 }

@@ -29,7 +29,8 @@ fn doctor_gives_a_true_picture_of_this_host() {
         return;
     }
     let (report, status) = doctor();
-    // PVM neither applies offsets nor fires kvm_entry (FACTS.md); VMX/SVM do.
+    // PVM (see `vmm::is_pvm`) neither applies offsets nor fires kvm_entry;
+    // VMX/SVM do.
     let pvm = vmm::is_pvm();
     assert_eq!(report["offsets_applied"], Value::Bool(!pvm), "{report:#}");
     assert_eq!(report["kvm_entry_fires"], Value::Bool(!pvm), "{report:#}");

@@ -139,7 +139,8 @@ fn vmm() -> Child {
 }
 
 /// What the vCPU should hold after KVM was asked for `asked`: on PVM nothing
-/// is applied (FACTS.md), elsewhere the offset is.
+/// is applied (it zeroes the offset after the tracepoint: see
+/// `vmm::is_pvm`), elsewhere the offset is.
 fn expected_effective(asked: i64) -> i64 {
     if vmm::is_pvm() { 0 } else { asked }
 }

@@ -1,6 +1,6 @@
 //! The `kvm_entry`/`kvm_exit` BTF programs against the real kernel: they pass
 //! the verifier with the layout resolved from this kernel's BTF, attach, and
-//! stay small. (On PVM they never fire: FACTS.md.)
+//! stay small. (On PVM, which runs guests without VMX/SVM, they never fire.)
 mod common;
 
 use std::path::PathBuf;

@@ -139,9 +139,13 @@ fn offset_set_is_exact_in_the_tracepoint_and_reads_back_as_the_backend_applies_i
         .expect("no kvm_write_tsc_offset from this thread");
     assert_eq!((last.vcpu, last.next), (3, offset as u64), "{mine:?}");
     // PVM accepts the offset, reports it in the tracepoint, then zeroes it
-    // (FACTS.md): KVM_GET_DEVICE_ATTR reads 0 there. Elsewhere it is exact.
+    // (see `vmm::is_pvm`): KVM_GET_DEVICE_ATTR reads 0 there. Elsewhere it
+    // is exact.
     if vmm::is_pvm() {
-        assert_eq!(readback, 0, "PVM now applies offsets? update FACTS.md");
+        assert_eq!(
+            readback, 0,
+            "PVM now applies offsets? update vmm::is_pvm's doc"
+        );
         assert_eq!(last.prev, 0);
     } else {
         assert_eq!(readback, offset);

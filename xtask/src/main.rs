@@ -26,7 +26,9 @@ enum Command {
     /// the tests run: trace-cmd, bpftool) and mount tracefs, debugfs and
     /// bpffs. Idempotent.
     Setup,
-    /// Setup, then build `target/release/tsc-tracer` with the eBPF object embedded.
+    /// Setup, then build `target/release/tsc-tracer` with the eBPF object
+    /// embedded, and the guest agent alone, statically linked:
+    /// `target/x86_64-unknown-linux-gnu/release/tsc-agent`.
     Build,
     /// Setup, build, then run `tsc-tracer ARGS` (the live host session when no ARGS).
     Run {
@@ -55,6 +57,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Build => {
             setup::all()?;
             build_release()?;
+            build_agent()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { args } => {
@@ -72,6 +75,33 @@ const DEFAULT_RUN_ARGS: &[&str] = &["host"];
 fn build_release() -> Result<()> {
     shell::step("building target/release/tsc-tracer (with the eBPF object)");
     shell::cargo(&["build", "--release", "--package", "tsc-userspace"])
+}
+
+/// Where [`build_agent`] leaves the guest agent.
+const AGENT_BINARY: &str = "target/x86_64-unknown-linux-gnu/release/tsc-agent";
+
+/// The guest agent alone: stable Rust, no eBPF, no nightly. Linked
+/// statically against glibc (`+crt-static`; the only target installed
+/// here is x86_64-unknown-linux-gnu), so the one file runs in any x86-64
+/// Linux guest. `--target` keeps the flag off build scripts and proc
+/// macros, which must stay dynamic.
+fn build_agent() -> Result<()> {
+    shell::step(&format!(
+        "building {AGENT_BINARY} (the guest agent alone: stable Rust, static)"
+    ));
+    let mut cmd = shell::command("cargo");
+    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static").args([
+        "build",
+        "--release",
+        "--package",
+        "tsc-userspace",
+        "--no-default-features",
+        "--bin",
+        "tsc-agent",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+    ]);
+    shell::run(&mut cmd)
 }
 
 fn run_tracer(args: Vec<String>) -> Result<ExitCode> {

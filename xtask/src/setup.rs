@@ -1,9 +1,10 @@
 //! Installs what the build and the tests need, idempotently.
 //!
-//! The recipe is the one measured in FACTS.md: the eBPF object is built by the
-//! installed `nightly` with `-Z build-std=core`, and bpf-linker must use the
-//! same LLVM as that nightly, so it is built against the nightly's own
-//! libLLVM rather than taken with its default LLVM from crates.io.
+//! The recipe, as measured on this project's build machines: the eBPF object
+//! is built by the installed `nightly` with `-Z build-std=core`, and
+//! bpf-linker must use the same LLVM as that nightly (bpf-linker 0.13 from
+//! crates.io defaults to a newer LLVM that does not match), so it is built
+//! against the nightly's own libLLVM.
 
 use std::{
     fs,
@@ -67,15 +68,23 @@ fn perfetto_python() -> Result<()> {
     let venv = Path::new(&home).join(".local/share/tsc-tracer/venv");
     let python = venv.join("bin/python3");
     let python = python.to_str().context("a HOME that is not UTF-8")?;
-    let import = ["-c", "import perfetto.protos.perfetto.trace.perfetto_trace_pb2"];
+    let import = [
+        "-c",
+        "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+    ];
     if shell::output(shell::command(python).args(import)).is_some() {
         return Ok(());
     }
-    step(&format!("installing the Python perfetto and protobuf packages (pip, in {})", venv.display()));
+    step(&format!(
+        "installing the Python perfetto and protobuf packages (pip, in {})",
+        venv.display()
+    ));
     shell::run(shell::command("python3").args(["-m", "venv"]).arg(&venv))
         .context("could not make a Python venv (is python3-venv installed?)")?;
-    shell::run(shell::command(python).args(["-m", "pip", "install", "--quiet", "perfetto", "protobuf"]))
-        .context("could not install perfetto and protobuf from PyPI")
+    shell::run(
+        shell::command(python).args(["-m", "pip", "install", "--quiet", "perfetto", "protobuf"]),
+    )
+    .context("could not install perfetto and protobuf from PyPI")
 }
 
 fn nightly_rust_src() -> Result<()> {

@@ -38,6 +38,19 @@ pub fn run(args: Args) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    step("clippy -D warnings (the guest agent alone: --no-default-features, no eBPF)");
+    shell::cargo(&[
+        "clippy",
+        "--package",
+        "tsc-userspace",
+        "--no-default-features",
+        "--lib",
+        "--bin",
+        "tsc-agent",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     step("clippy -D warnings (eBPF, nightly, bpfel-unknown-none)");
     shell::run(shell::nightly_cargo().args([
         "clippy",

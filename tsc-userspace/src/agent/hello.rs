@@ -1,7 +1,7 @@
 //! Building the Hello from the agent's trace instance.
 
 use crate::{
-    tracefs::{EventFormat as ParsedFormat, EventName, Instance},
+    tracefs::{EventFormat as ParsedFormat, Instance},
     wire::{EventFormat, Hello, TRACE_CLOCK, TscSample, VERSION},
 };
 
@@ -16,10 +16,9 @@ const HELLO_SAMPLE_TRIES: usize = 32;
 pub(super) fn hello(instance: &Instance, name: Option<&str>) -> Result<Hello, AgentError> {
     let hostname = sysinfo::hostname()?;
     let cpus = sysinfo::cpu_apic_ids(&instance.cpus()?)?;
-    let print = EventName::new("ftrace", "print");
     let mut events = Vec::new();
-    for event in instance.events().iter().chain([&print]) {
-        let format = instance.event_format(event)?;
+    for event in instance.recorded_events() {
+        let format = instance.event_format(&event)?;
         // Only the id is needed; the host parses formats for real.
         let id = ParsedFormat::parse(&event.system, &format)?.id;
         events.push(EventFormat {

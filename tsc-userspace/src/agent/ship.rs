@@ -42,9 +42,9 @@ const BATCH_READS: usize = 64;
 enum ConnectionError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
     #[error("the host did not answer the Hello within {0:?}")]
     HandshakeTimeout(Duration),

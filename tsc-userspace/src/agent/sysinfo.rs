@@ -8,12 +8,12 @@ use crate::wire::CpuApic;
 #[derive(Debug, thiserror::Error)]
 pub enum SysInfoError {
     /// A /proc file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: &'static str,
-        /// Why.
-        source: io::Error,
+        /// Why (in the message, so not a `source()` too).
+        cause: io::Error,
     },
     /// A traced CPU has no APIC id in /proc/cpuinfo.
     #[error("/proc/cpuinfo gives no apicid for CPU {0} (not x86, or hidden by the hypervisor)")]
@@ -23,7 +23,7 @@ pub enum SysInfoError {
 fn read(path: &'static str) -> Result<String, SysInfoError> {
     fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
-        .map_err(|source| SysInfoError::Read { path, source })
+        .map_err(|cause| SysInfoError::Read { path, cause })
 }
 
 /// The hostname (`uname -n`).

@@ -25,11 +25,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 /// A failed connection attempt, with the address in the message.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} by {endpoint}: {source}")]
+#[error("{what} by {endpoint}: {cause}")]
 pub struct ConnectError {
     what: &'static str,
     endpoint: Endpoint,
-    source: io::Error,
+    // In the message, so not a `source()` too (a chain would repeat it).
+    cause: io::Error,
 }
 
 /// Connects once.
@@ -51,14 +52,14 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Transport>, ConnectE
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")),
     };
-    result.map_err(|source| ConnectError {
-        what: match source.kind() {
+    result.map_err(|cause| ConnectError {
+        what: match cause.kind() {
             io::ErrorKind::ConnectionRefused => "connection refused",
             io::ErrorKind::TimedOut => "connection timed out",
             _ => "cannot connect",
         },
         endpoint: endpoint.clone(),
-        source,
+        cause,
     })
 }
 

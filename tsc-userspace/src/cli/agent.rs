@@ -1,4 +1,4 @@
-//! `tsc-tracer agent`: the guest side of a session.
+//! `tsc-tracer agent` and `tsc-agent`: the guest side of a session.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -16,7 +16,8 @@ pub struct Args {
     /// The host to send to: tcp:HOST:PORT or vsock:CID:PORT (the host is CID 2).
     #[arg(long, value_name = "ADDR")]
     connect: Endpoint,
-    /// Events to trace, SYSTEM:NAME, comma-separated.
+    /// Events to trace, SYSTEM:NAME, comma-separated. `ftrace:print`
+    /// (`trace_marker` writes) is always recorded, listed or not.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_EVENTS)]
     events: Vec<EventName>,
     /// Name to announce to the host (default: the hostname).

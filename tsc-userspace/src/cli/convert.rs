@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 /// Recalibrate the clock this often while streaming.
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
+const REFRESH_EVERY: Duration = tsc_userspace::clock::REFRESH_PERIOD;
 
 /// Runs `tsc-tracer convert`.
 pub fn run(args: Args) -> Result<ExitCode> {

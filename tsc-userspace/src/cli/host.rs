@@ -84,7 +84,7 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         .context("starting the session")?;
     for addr in session.local_addrs() {
         tracing::info!(
-            "agents connect with: tsc-tracer agent --connect {}",
+            "agents connect with: tsc-agent --connect {} (or tsc-tracer agent)",
             agent_hint(addr)
         );
     }

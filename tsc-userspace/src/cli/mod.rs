@@ -5,13 +5,13 @@ mod convert;
 mod demo;
 mod doctor;
 mod host;
+mod logging;
 mod offsets;
 mod vmm;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// Put KVM host and guest kernel traces on one timeline, live.
 ///
@@ -22,12 +22,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "tsc-tracer", version, about, long_about)]
 struct Cli {
-    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long, global = true)]
-    quiet: bool,
+    #[command(flatten)]
+    log: logging::Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,9 +51,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo is a first screen: only problems on top of its own story.
-    let quiet = cli.quiet || (matches!(cli.command, Command::Demo(_)) && cli.verbose == 0);
-    init_logging(cli.verbose, quiet);
-    let result = match cli.command {
+    let Cli { log, command } = cli;
+    let quiet = log.quiet || (matches!(command, Command::Demo(_)) && log.verbose == 0);
+    logging::init(log.verbose, quiet);
+    let result = match command {
         Command::Agent(args) => agent::run(args),
         Command::Host(args) => host::run(args),
         Command::Demo(args) => demo::run(args),
@@ -73,20 +70,4 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(verbose: u8, quiet: bool) {
-    let default = match (quiet, verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        (false, _) => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

@@ -115,7 +115,7 @@ pub struct Session {
 /// How often host task names are re-read from `saved_cmdlines`.
 const COMMS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the clock calibration is refreshed (bounds drift).
-pub const CLOCK_REFRESH: Duration = Duration::from_secs(10);
+const CLOCK_REFRESH: Duration = crate::clock::REFRESH_PERIOD;
 /// How often the window is checked when nothing arrives.
 const TICK: Duration = Duration::from_millis(50);
 /// Host pages are read at least this often: a host CPU stream promises

@@ -35,6 +35,20 @@ impl EventName {
             name: name.into(),
         }
     }
+
+    /// `ftrace:print`, the event `trace_marker` writes become. Every
+    /// instance records it without enabling: `tracing_mark_write()`
+    /// (kernel/trace/trace.c) writes straight to the instance's buffer, and
+    /// like every `ftrace` event it has no `enable` file
+    /// (`TRACE_EVENT_FL_IGNORE_ENABLE`, kernel/trace/trace_export.c).
+    pub fn marker() -> Self {
+        Self::new("ftrace", "print")
+    }
+
+    /// Whether this is the [`EventName::marker`] event.
+    pub fn is_marker(&self) -> bool {
+        self.system == "ftrace" && self.name == "print"
+    }
 }
 
 impl fmt::Display for EventName {
@@ -131,6 +145,10 @@ impl Instance {
             if !tracefs.has_event(&event.system, &event.name) {
                 return Err(TracefsError::UnknownEvent(event.clone()));
             }
+            let dir = tracefs.root().join("events").join(&event.system);
+            if !event.is_marker() && !dir.join(&event.name).join("enable").exists() {
+                return Err(TracefsError::NotEnableable(event.clone()));
+            }
         }
         registry::remove_stale(tracefs, &opts.name_prefix);
         let dir = Arc::new(make_dir(tracefs, &opts.name_prefix, &opts.events)?);
@@ -146,8 +164,8 @@ impl Instance {
         if let Err(e) = self.write("trace_clock", &opts.clock) {
             let available = self.read("trace_clock").unwrap_or_default();
             return Err(match e {
-                TracefsError::Io { ref source, .. }
-                    if source.kind() == io::ErrorKind::InvalidInput =>
+                TracefsError::Io { ref cause, .. }
+                    if cause.kind() == io::ErrorKind::InvalidInput =>
                 {
                     TracefsError::Clock {
                         clock: opts.clock.clone(),
@@ -163,7 +181,7 @@ impl Instance {
         if let Some(pct) = opts.buffer_percent {
             self.write("buffer_percent", &pct.to_string())?;
         }
-        for event in &opts.events {
+        for event in opts.events.iter().filter(|e| !e.is_marker()) {
             let enable = format!("events/{}/{}/enable", event.system, event.name);
             self.write(&enable, "1")?;
         }
@@ -185,9 +203,17 @@ impl Instance {
         &self.dir.tracefs
     }
 
-    /// The events enabled at creation.
+    /// The events asked for at creation (all enabled but the marker event,
+    /// which needs no enabling).
     pub fn events(&self) -> &[EventName] {
         &self.dir.events
+    }
+
+    /// What the instance records: its enabled events, then the marker
+    /// event (`ftrace:print`) once.
+    pub fn recorded_events(&self) -> Vec<EventName> {
+        let enabled = self.events().iter().filter(|e| !e.is_marker());
+        enabled.cloned().chain([EventName::marker()]).collect()
     }
 
     /// Opens the instance's `trace_marker` for writing: each write becomes
@@ -234,9 +260,8 @@ impl Instance {
     /// `trace_marker` writes produce).
     pub fn format_set(&self) -> Result<FormatSet, TracefsError> {
         let mut set = FormatSet::new();
-        let print = EventName::new("ftrace", "print");
-        for event in self.events().iter().chain([&print]) {
-            set.insert_text(&event.system, &self.event_format(event)?)?;
+        for event in self.recorded_events() {
+            set.insert_text(&event.system, &self.event_format(&event)?)?;
         }
         Ok(set)
     }

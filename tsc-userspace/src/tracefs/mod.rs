@@ -74,6 +74,13 @@ pub enum TracefsError {
     /// An event the kernel does not have.
     #[error("unknown trace event {0} (not in tracefs events/)")]
     UnknownEvent(EventName),
+    /// An event with no `enable` file: the `ftrace` events, which tracers
+    /// write (`TRACE_EVENT_FL_IGNORE_ENABLE`, kernel/trace/trace_export.c).
+    #[error(
+        "trace event {0} cannot be enabled (no enable file: a tracer writes it); \
+         of these only ftrace:print, from trace_marker, is recorded by every instance"
+    )]
+    NotEnableable(EventName),
     /// The kernel refused a trace clock.
     #[error("trace clock {clock:?} is not available (available: {available})")]
     Clock {
@@ -83,12 +90,13 @@ pub enum TracefsError {
         available: String,
     },
     /// A tracefs file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (in the message, so not a `source()`: a
+        /// chain printer such as anyhow's `{:#}` would say it twice).
+        cause: io::Error,
     },
     /// `header_page` or a page could not be decoded.
     #[error(transparent)]
@@ -99,10 +107,10 @@ pub enum TracefsError {
 }
 
 impl TracefsError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! (sparse ids allowed), give them exact TSC offsets and MSR values, and run a
 //! guest program that reads the TSC and reports each reading, bracketed by
 //! host `rdtsc` around every `KVM_RUN`. Every vCPU starts in 64-bit mode at
-//! CPL3 (the state FACTS.md found to run natively on the PVM backend):
-//! code at CPL3 runs on the hardware there, so `rdtsc` is the real thing.
+//! CPL3: on the PVM backend code at CPL3 runs on the hardware (CPL0 code is
+//! emulated one instruction at a time), so `rdtsc` is the real thing.
 //!
 //! [`Child`] drives `tsc-tracer vmm`, the same VMM in a separate process, so
 //! a test can watch a VMM with its own pid come and go.
@@ -31,7 +31,9 @@ pub const MSR_IA32_TSC: u32 = 0x10;
 pub const MSR_IA32_TSC_ADJUST: u32 = 0x3b;
 
 /// True when `/dev/kvm` is served by the PVM backend, which runs guests
-/// without VMX/SVM and does not apply TSC offsets (FACTS.md).
+/// without VMX/SVM and does not apply TSC offsets: it zeroes
+/// `arch.l1_tsc_offset` and `arch.tsc_offset` right after the
+/// `kvm_write_tsc_offset` tracepoint, so a guest reads the raw host TSC.
 pub fn is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }

@@ -3,9 +3,10 @@
 /// Why a byte stream is not a valid frame sequence.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The underlying transport failed.
+    /// The underlying transport failed. (In the message, so not a
+    /// `source()` too: a chain printer would say it twice.)
     #[error("transport error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A header announced a body larger than this receiver accepts.
     #[error("frame body of {len} bytes exceeds the limit of {max} bytes")]
     Oversize {
@@ -71,5 +72,11 @@ impl WireError {
             frame,
             reason: reason.into(),
         }
+    }
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
     }
 }

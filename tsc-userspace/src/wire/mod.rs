@@ -17,7 +17,7 @@ pub use codec::FrameCodec;
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::WireError;
 pub use frame::{CpuApic, DrainedCpu, EventFormat, Frame, FrameType, Hello, HelloAck, Lost, Page};
-pub use sample::{TscSample, rdtsc};
+pub use sample::{TscMethod, TscSample, UNKNOWN_CPU, cpu_has_rdtscp, rdtsc};
 
 /// The first four bytes of a Hello body: the protocol's magic.
 pub const MAGIC: [u8; 4] = *b"TSCW";

@@ -203,7 +203,8 @@ fn change_while_running_ends_at_last_exit_and_starts_at_next_entry() {
 #[test]
 fn pvm_like_host_without_entries_keeps_change_edges() {
     use Event::*;
-    // kvm_entry/kvm_exit never fire (FACTS.md): the change is the boundary.
+    // On the PVM backend kvm_entry/kvm_exit never fire (the programs attach,
+    // no event comes): the change is the boundary.
     let got = edges(&[Write(5, -1), Write(9, -2)]);
     assert_eq!(
         got.iter()
