@@ -11,7 +11,7 @@
 //! | offset events of the kernel side | [`Correlator::offsets`] |
 //! | an agent's Hello (bind it or refuse it) | [`Correlator::admit`] |
 //! | a guest page / drained CPU / keep-alive / lost count / bye | [`Correlator::guest_page`], [`Correlator::guest_drained`], [`Correlator::guest_alive`], [`Correlator::guest_lost`], [`Correlator::guest_closed`] |
-//! | a host page, a host read that found a CPU empty | [`Correlator::host_page`], [`Correlator::host_read`] |
+//! | a host page, a host CPU read empty, all host CPUs read | [`Correlator::host_page`], [`Correlator::host_drained`], [`Correlator::host_read`] |
 //! | time passing | [`Correlator::release`] |
 //! | the end | [`Correlator::finish`] |
 //!
@@ -311,6 +311,14 @@ impl Correlator {
     /// will come from the host.
     pub fn host_read(&mut self, tsc: u64) {
         for &cpu in &self.host_cpus {
+            self.merger.advance(self.host, cpu, tsc);
+        }
+    }
+
+    /// Host CPU `cpu` was read empty just after host TSC `tsc`: nothing
+    /// older will come from it.
+    pub fn host_drained(&mut self, cpu: u32, tsc: u64) {
+        if self.host_cpus.contains(&cpu) {
             self.merger.advance(self.host, cpu, tsc);
         }
     }

@@ -6,9 +6,8 @@ use std::{fs, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 
 use crate::{
-    agent::pages::Readers,
+    agent::pages::{Read, ReadConfig, Readers},
     tracefs::{EventName, FormatSet, Instance, InstanceOptions, PageLayout, TracefsError},
-    wire::Page,
 };
 
 /// The kvm events traced on the host by default, for the bound VMs' threads.
@@ -19,15 +18,20 @@ pub const DEFAULT_HOST_EVENTS: &[&str] = &[
     "kvm:kvm_write_tsc_offset",
 ];
 
-/// How often partly filled host pages are read, so quiet CPUs are not held back.
-const FLUSH: Duration = Duration::from_millis(100);
+/// How often every host CPU is read, partly filled pages included, so a
+/// quiet CPU's watermark keeps up (wake-ups at `BUFFER_PERCENT` read busy
+/// ones sooner); twice as long while every CPU is idle.
+const FLUSH: Duration = Duration::from_millis(10);
+/// How full a host CPU's buffer gets before its reader is woken.
+const BUFFER_PERCENT: u32 = 25;
 
 /// The host's trace: instance, page pump and what decoding needs.
 pub struct HostTrace {
     instance: Instance,
     readers: Option<Readers>,
-    /// Pages as they are read.
-    pub pages: mpsc::Receiver<Page>,
+    /// Pages as they are read, each CPU's followed by its exact watermark
+    /// (host TSC) when a read finds it empty.
+    pub pages: mpsc::Receiver<Read>,
     /// The instance's page layout.
     pub layout: PageLayout,
     /// Formats of the enabled events.
@@ -46,6 +50,7 @@ impl HostTrace {
         let mut options = InstanceOptions::new("tsc-tracer-host");
         options.events = events.to_vec();
         options.buffer_size_kb = Some(4096);
+        options.buffer_percent = Some(BUFFER_PERCENT);
         let instance = Instance::create(&options)?;
         if filter_by_vm {
             instance.set_tracing_on(false)?;
@@ -58,7 +63,11 @@ impl HostTrace {
             pipes.push(instance.open_pipe(cpu)?.into_async()?);
         }
         let (tx, pages) = mpsc::channel(1024);
-        let readers = Readers::start(pipes, tx, FLUSH);
+        let config = ReadConfig {
+            flush: FLUSH,
+            idle_factor: crate::agent::pages::IDLE_FACTOR,
+        };
+        let readers = Readers::start_with_marks(pipes, tx, config);
         Ok(Self {
             layout: instance.page_layout()?,
             formats: Arc::new(instance.format_set()?),

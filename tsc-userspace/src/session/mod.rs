@@ -20,6 +20,7 @@ use std::{
 pub use crate::correlator::{Summary, VmSpec};
 
 use crate::{
+    agent::pages::Read,
     clock::{Clock, ClockError, read_tsc},
     correlator::{Correlator, CorrelatorConfig, HostPageError, ticks},
     ebpf::LoadOptions,
@@ -118,8 +119,8 @@ const COMMS_REFRESH: Duration = Duration::from_secs(1);
 const CLOCK_REFRESH: Duration = crate::clock::REFRESH_PERIOD;
 /// How often the window is checked when nothing arrives.
 const TICK: Duration = Duration::from_millis(50);
-/// Host pages are read at least this often: a host CPU stream promises
-/// nothing older than this much before now.
+/// A backstop behind the host readers' exact watermarks: should a reader
+/// stall, its CPUs still stop holding the merge back this long behind now.
 const HOST_LAG: Duration = Duration::from_millis(300);
 
 impl Session {
@@ -194,7 +195,7 @@ impl Session {
                 () = &mut shutdown => break,
                 events = self.monitor.next() => events.map(|e| self.on_offsets(&e)).map_err(SessionError::from),
                 Some(item) = self.ingest.next_item() => self.on_ingest(item, sink),
-                Some(page) = self.host.pages.recv() => self.on_host_page(page.cpu, &page.data, sink),
+                Some(read) = self.host.pages.recv() => self.on_host_read(read, sink),
                 _ = tick.tick() => {
                     self.on_tick();
                     Ok(())
@@ -306,13 +307,24 @@ impl Session {
         }
     }
 
-    fn on_host_page(
+    fn on_host_read(
         &mut self,
-        cpu: u32,
-        data: &bytes::Bytes,
+        read: Read,
         sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
-        match self.correlator.host_page(cpu, data, sink) {
+        let page = match read {
+            Read::Page(page) => page,
+            Read::Drained(marks) => {
+                // Host TSC read just before a read found the CPU empty:
+                // its exact watermark, no conversion.
+                for mark in marks {
+                    self.correlator.host_drained(mark.cpu, mark.guest_tsc);
+                }
+                return Ok(());
+            }
+        };
+        let cpu = page.cpu;
+        match self.correlator.host_page(cpu, &page.data, sink) {
             Ok(()) => Ok(()),
             Err(HostPageError::Output(e)) => Err(SessionError::Output(e)),
             Err(err @ HostPageError::Page(_)) => {
@@ -362,8 +374,8 @@ impl Session {
         sink: &mut (dyn EventWriter + Send),
     ) -> Result<Summary, SessionError> {
         self.host.stop().await;
-        while let Ok(page) = self.host.pages.try_recv() {
-            self.on_host_page(page.cpu, &page.data, sink)?;
+        while let Ok(read) = self.host.pages.try_recv() {
+            self.on_host_read(read, sink)?;
         }
         self.ingest.shutdown();
         while let Some(item) = self.ingest.next_item().await {
