@@ -26,6 +26,7 @@ pub mod merge;
 pub mod offsets;
 pub mod output;
 pub mod process;
+pub mod record;
 pub mod session;
 pub mod timeline;
 pub mod tracefs;

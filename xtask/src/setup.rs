@@ -29,7 +29,16 @@ pub fn all() -> Result<()> {
 pub fn for_tests() -> Result<()> {
     all()?;
     debian_package("trace-cmd", "trace-cmd")?;
+    recording_viewers()?;
     cargo_fuzz()
+}
+
+/// What the recording tests open recordings with: KernelShark, under a
+/// virtual X server (Xvfb), and `import` (ImageMagick) for screenshots.
+fn recording_viewers() -> Result<()> {
+    debian_package("kernelshark", "kernelshark")?;
+    debian_package("Xvfb", "xvfb")?;
+    debian_package("import", "imagemagick")
 }
 
 /// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.

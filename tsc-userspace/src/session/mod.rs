@@ -134,6 +134,8 @@ pub struct Session {
     /// Sources of agents that left, dropped once their last event is out.
     departed: Vec<SourceId>,
     last_comms: Instant,
+    /// `--record DIR` (record: see `crate::record::live`).
+    recorder: Option<crate::record::Recorder>,
 }
 
 /// How far behind its keep-alive an agent's page reads may be: twice its
@@ -204,12 +206,19 @@ impl Session {
             last_clock_refresh: Instant::now(),
             departed: Vec::new(),
             last_comms: Instant::now(),
+            recorder: None,
         })
     }
 
     /// The addresses agents can connect to.
     pub fn local_addrs(&self) -> &[SockAddr] {
         self.ingest.local_addrs()
+    }
+
+    /// Records the session into `rec` as trace.dat files (`--record`).
+    pub fn record_into(&mut self, mut rec: crate::record::Recorder) {
+        crate::record::live::start(&mut rec, self.host.instance(), &self.clock); // record
+        self.recorder = Some(rec);
     }
 
     /// The host clock (TSC to CLOCK_MONOTONIC ns).
@@ -256,6 +265,9 @@ impl Session {
         for event in &events {
             self.vms.apply(event, &self.clock);
         }
+        if let Some(rec) = &mut self.recorder {
+            crate::record::live::offsets(rec, &events, |pid| self.vms.get(pid)); // record
+        }
         let candidates = self.vms.candidates();
         let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
         if let Ok(mut shared) = self.admissions.lock() {
@@ -284,6 +296,9 @@ impl Session {
                 let Some(agent) = self.agents.get_mut(&page.conn) else {
                     return Ok(());
                 };
+                if let Some(rec) = &mut self.recorder {
+                    rec.guest_page(page.conn, page.cpu, page.bytes()); // record
+                }
                 let vm = self.vms.get(agent.binding.pid);
                 for item in agent.convert(&page, vm, &mut self.sources) {
                     self.stats.guest_events += 1;
@@ -314,6 +329,9 @@ impl Session {
                 if let Some(agent) = self.agents.remove(&conn) {
                     self.merger.close_source(agent.source);
                     self.departed.push(agent.source);
+                }
+                if let Some(rec) = &mut self.recorder {
+                    rec.guest_closed(conn); // record
                 }
                 if let Ok(mut shared) = self.admissions.lock() {
                     shared.bound.remove(&conn);
@@ -364,6 +382,10 @@ impl Session {
             binding.by
         );
         let pid = binding.pid;
+        if let Some(rec) = &mut self.recorder {
+            let vm = self.vms.get(pid);
+            crate::record::live::guest_connected(rec, info.id, &info.hello, pid, &binding.name, vm); // record
+        }
         self.agents
             .insert(info.id, Agent::new(source, binding, &info.hello));
         // Open the agent's CPU streams now: until its keep-alives or pages
@@ -400,6 +422,9 @@ impl Session {
         page: &WirePage,
         sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
+        if let Some(rec) = &mut self.recorder {
+            rec.host_page(page.cpu, &page.data); // record
+        }
         let parsed = match Page::parse(&self.host.layout, &page.data) {
             Ok(parsed) => parsed,
             Err(err) => {
@@ -521,6 +546,10 @@ impl Session {
             .flush_all(|item| sink.write(&ctx, &item))
             .map_err(SessionError::Output)?;
         sink.flush().map_err(SessionError::Output)?;
+        if let Some(rec) = self.recorder.take() {
+            let comms = self.host.saved_cmdlines().ok();
+            crate::record::live::finish(rec, |pid| self.vms.get(pid), comms); // record
+        }
         Ok(self.stats.summary(&self.merger))
     }
 }
