@@ -41,19 +41,24 @@ pub fn host_stream(instance: &Instance) -> Result<StreamMeta, TracefsError> {
     })
 }
 
-/// The readers' TSC -> ns for the session's clock: `mult` with shift 32 is
-/// the clock's nanoseconds per 2^32 ticks, and the offset makes the clock's
-/// anchor read as its `CLOCK_MONOTONIC` ns.
+/// The readers' TSC -> ns for the session's clock: `mult` is the clock's
+/// nanoseconds per 2^`shift` ticks, with the largest `shift` (at most 32)
+/// that keeps it below 2^31 (the reader's `struct tsc2nsec` holds it in a
+/// C `int`), and the offset makes the clock's anchor read as its
+/// `CLOCK_MONOTONIC` ns.
 pub fn clock_conversion(clock: &Clock) -> Option<(Tsc2Nsec, i64)> {
     let a = clock.anchor();
-    let mult = clock
-        .tsc_to_ns(a.tsc.checked_add(1 << 32)?)
-        .checked_sub(clock.tsc_to_ns(a.tsc))?;
-    let t = Tsc2Nsec {
-        mult: u32::try_from(mult).ok()?,
-        shift: 32,
-        offset: 0,
-    };
+    let t = (1..=32u32).rev().find_map(|shift| {
+        let ns = clock
+            .tsc_to_ns(a.tsc.checked_add(1 << shift)?)
+            .checked_sub(clock.tsc_to_ns(a.tsc))?;
+        let mult = u32::try_from(ns).ok().filter(|&m| m <= i32::MAX as u32)?;
+        Some(Tsc2Nsec {
+            mult,
+            shift,
+            offset: 0,
+        })
+    })?;
     let offset = i64::try_from(i128::from(a.ns) - i128::from(t.ns(a.tsc))).ok()?;
     Some((t, offset))
 }

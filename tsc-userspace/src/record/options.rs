@@ -92,7 +92,8 @@ pub struct TimeShiftCpu {
 /// (`timestamp_calc()`); `offset` is stored but 3.1.6 does not apply it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tsc2Nsec {
-    /// Nanoseconds per tick, times 2^shift.
+    /// Nanoseconds per tick, times 2^shift; below 2^31 (a C `int` in the
+    /// reader's `struct tsc2nsec`).
     pub mult: u32,
     /// At most 32 (the reader's multiply assumes it).
     pub shift: u32,

@@ -182,6 +182,12 @@ impl Recorder {
 
     /// Host TSC -> ns, for both readers (see `docs/RECORDING.md`).
     pub fn set_clock(&mut self, tsc2nsec: Tsc2Nsec, offset_ns: i64) {
+        if tsc2nsec.mult > i32::MAX as u32 || tsc2nsec.shift > 32 {
+            tracing::warn!(
+                "recording: TSC -> ns {tsc2nsec:?} is not one the readers take; the files keep TSC counts"
+            );
+            return;
+        }
         self.meta.tsc2nsec = Some(tsc2nsec);
         self.meta.offset_ns = offset_ns;
         self.save();
