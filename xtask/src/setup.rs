@@ -34,10 +34,12 @@ pub fn for_tests() -> Result<()> {
 }
 
 /// What the recording tests open recordings with: KernelShark, under a
-/// virtual X server (Xvfb), and `import` (ImageMagick) for screenshots.
+/// virtual X server (Xvfb), driven by `xdotool`; `import` (ImageMagick)
+/// takes the screenshots in docs/.
 fn recording_viewers() -> Result<()> {
     debian_package("kernelshark", "kernelshark")?;
     debian_package("Xvfb", "xvfb")?;
+    debian_package("xdotool", "xdotool")?;
     debian_package("import", "imagemagick")
 }
 

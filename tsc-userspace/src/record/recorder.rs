@@ -35,6 +35,8 @@ use crate::{
 pub const MAX_FORMAT_TEXT: usize = 64 * 1024;
 /// Largest page size accepted from a guest.
 pub const MAX_PAGE_SIZE: u32 = 1 << 20;
+/// Pages between checks that the recording directory still exists.
+const CHECK_EVERY: u32 = 64;
 /// The offsets log in a recording.
 pub const OFFSETS_FILE: &str = "offsets.jsonl";
 
@@ -91,6 +93,8 @@ pub struct Recorder {
     guests: HashMap<u64, (usize, Stream)>,
     offsets: Option<File>,
     stopped: bool,
+    /// Pages since the directory was last seen to exist.
+    unchecked: u32,
     /// Guests not recorded because of their Hello.
     pub refused_guests: u64,
 }
@@ -126,6 +130,7 @@ impl Recorder {
             guests: HashMap::new(),
             offsets: Some(offsets),
             stopped: false,
+            unchecked: 0,
             refused_guests: 0,
         })
     }
@@ -195,7 +200,7 @@ impl Recorder {
 
     /// One host page (`wire::Page.data`).
     pub fn host_page(&mut self, cpu: u32, data: &[u8]) {
-        if self.stopped {
+        if self.stopped || !self.dir_still_there() {
             return;
         }
         if let Some(host) = &mut self.host
@@ -265,7 +270,7 @@ impl Recorder {
 
     /// One guest page, as received (`EventPage::bytes()`).
     pub fn guest_page(&mut self, conn: u64, cpu: u32, data: &[u8]) {
-        if self.stopped {
+        if self.stopped || !self.dir_still_there() {
             return;
         }
         let Some((index, stream)) = self.guests.get_mut(&conn) else {
@@ -328,6 +333,23 @@ impl Recorder {
         self.host = None;
         self.save();
         super::assemble(&self.dir)
+    }
+
+    /// Writes into files of a removed directory succeed and are lost: look
+    /// for it every [`CHECK_EVERY`] pages (a `stat`, not per event).
+    fn dir_still_there(&mut self) -> bool {
+        self.unchecked += 1;
+        if self.unchecked < CHECK_EVERY {
+            return true;
+        }
+        self.unchecked = 0;
+        match fs::metadata(self.dir.join(SPILL_DIR)) {
+            Ok(_) => true,
+            Err(e) => {
+                self.stop(io::Error::new(e.kind(), "the recording directory is gone"));
+                false
+            }
+        }
     }
 
     fn save(&mut self) {
@@ -436,4 +458,97 @@ fn trace_id() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ u64::from(std::process::id()).rotate_left(40)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{record::RecordingMeta, tracefs::PageBuilder};
+
+    fn page(hello: &Hello) -> Vec<u8> {
+        let mut b = PageBuilder::new(PageLayout::parse(&hello.header_page).unwrap());
+        b.push(1000, &[1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+        b.finish().to_vec()
+    }
+
+    #[test]
+    fn a_dir_with_files_is_refused_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("x"), "x").unwrap();
+        let err = Recorder::create(dir.path(), false).err().unwrap();
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        assert!(Recorder::create(dir.path(), true).is_ok());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Recorder::create(empty.path(), false).is_ok());
+        assert!(Recorder::create(&empty.path().join("new/deeper"), false).is_ok());
+    }
+
+    #[test]
+    fn oversized_pages_and_unreadable_hellos_are_left_out_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = Recorder::create(dir.path(), false).unwrap();
+        let hello = crate::demo::hello("g", &[0]);
+        rec.guest_connected(1, &hello, GuestBinding::default());
+        rec.guest_page(1, 0, &page(&hello));
+        rec.guest_page(1, 0, &vec![0u8; hello.page_size as usize + 1]);
+        let mut bad = hello.clone();
+        bad.events[0].format = "x".repeat(MAX_FORMAT_TEXT + 1);
+        rec.guest_connected(2, &bad, GuestBinding::default());
+        assert_eq!(rec.refused_guests, 1);
+        rec.guest_closed(1);
+        let meta = RecordingMeta::load(dir.path()).unwrap();
+        assert_eq!(meta.guests.len(), 1);
+        assert_eq!(meta.guests[0].skipped_pages, 1);
+        let spilled = dir
+            .path()
+            .join(&meta.guests[0].stream.dir)
+            .join("cpu0.pages");
+        assert_eq!(
+            fs::metadata(spilled).unwrap().len(),
+            u64::from(hello.page_size)
+        );
+    }
+
+    #[test]
+    fn a_vanished_dir_stops_the_recording_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec");
+        let mut rec = Recorder::create(&path, false).unwrap();
+        let hello = crate::demo::hello("g", &[0]);
+        fs::remove_dir_all(&path).unwrap();
+        rec.guest_connected(1, &hello, GuestBinding::default());
+        assert!(
+            rec.stopped().unwrap().contains("stopped"),
+            "{:?}",
+            rec.stopped()
+        );
+        // Later calls are no-ops, not errors.
+        rec.guest_page(1, 0, &page(&hello));
+        rec.offset_event("{}");
+        assert!(!path.exists(), "nothing made it again");
+    }
+
+    #[test]
+    fn a_dir_removed_while_pages_flow_stops_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec");
+        let mut rec = Recorder::create(&path, false).unwrap();
+        let hello = crate::demo::hello("g", &[0]);
+        rec.guest_connected(1, &hello, GuestBinding::default());
+        let page = page(&hello);
+        rec.guest_page(1, 0, &page);
+        assert!(rec.stopped().is_none());
+        fs::remove_dir_all(&path).unwrap();
+        for _ in 0..CHECK_EVERY {
+            rec.guest_page(1, 0, &page);
+        }
+        assert!(
+            rec.stopped().is_some_and(|s| s.contains("gone")),
+            "{:?}",
+            rec.stopped()
+        );
+    }
 }

@@ -24,9 +24,13 @@ pub struct SpillStream {
 }
 
 impl SpillStream {
-    /// Creates the stream's directory.
+    /// Creates the stream's directory (its parent must exist: a recording
+    /// directory removed under the session is not silently made again).
     pub fn create(dir: PathBuf, page_size: usize) -> io::Result<Self> {
-        fs::create_dir_all(&dir)?;
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
         Ok(Self {
             dir,
             page_size,

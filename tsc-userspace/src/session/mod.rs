@@ -218,6 +218,8 @@ impl Session {
     /// Records the session into `rec` as trace.dat files (`--record`).
     pub fn record_into(&mut self, mut rec: crate::record::Recorder) {
         crate::record::live::start(&mut rec, self.host.instance(), &self.clock); // record
+        let snapshot = self.monitor.map().snapshot();
+        crate::record::live::offsets(&mut rec, &snapshot, |pid| self.vms.get(pid)); // record
         self.recorder = Some(rec);
     }
 
