@@ -10,7 +10,8 @@ use std::{hint::black_box, io, sync::Arc};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tsc_userspace::{
-    merge::{EventData, Flags, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
+    Flags,
+    merge::{EventData, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
     output::{ClockMode, EventWriter, FlushPolicy, JsonWriter, TextWriter, WriteContext},
     tracefs::FormatSet,
 };

@@ -39,6 +39,7 @@
 
 mod freq;
 mod sample;
+pub mod stability;
 
 use std::{io, time::Duration};
 
@@ -152,6 +153,21 @@ impl Clock {
         }
         tracing::debug!(tsc_khz, ?source, rate_ppb = clock.rate_ppb(), anchor = ?mono1, "TSC clock calibrated");
         Ok(clock)
+    }
+
+    /// A clock that runs at exactly `tsc_khz` from `anchor`, with nothing
+    /// measured: for replaying recorded inputs and for tests, where a
+    /// conversion must not depend on the machine.
+    pub fn fixed(anchor: Sample, tsc_khz: u64) -> Self {
+        let mut clock = Self {
+            anchor,
+            rate_base: anchor,
+            mult: 0,
+            tsc_khz: tsc_khz.max(1),
+            source: FreqSource::Given,
+        };
+        clock.mult = clock.nominal_mult() as u64;
+        clock
     }
 
     /// Re-anchors on a new sample, and re-measures the rate from a base at

@@ -1,25 +1,36 @@
-//! tsc-tracer's library: everything the `tsc-tracer` binary does, as typed APIs.
+//! tsc-tracer's library: everything the `tsc-tracer` binary does, as typed
+//! APIs. The modules, in the order data flows through a live session:
 //!
-//! Kernel side: [`ebpf`] loads the programs and [`offsets`] keeps the
-//! per-VM, per-vCPU offset table they feed. [`kvm`] and [`process`] read
-//! what the kernel exposes about VMs (debugfs, procfs). [`tracefs`] makes
-//! private trace instances and decodes their ring-buffer pages.
-//! [`timeline`] keeps each vCPU's offset epochs and places guest timestamps
-//! in them; [`clock`] converts host TSC to CLOCK_MONOTONIC nanoseconds.
+//! 1. **kernel**: [`ebpf`] loads the programs on `kvm_write_tsc_offset`
+//!    and `kvm_entry`/`kvm_exit`; [`btf`] finds the vCPU fields they read;
+//!    [`kvm`] and [`process`] read what debugfs and procfs say of VMs.
+//! 2. **offsets**: [`offsets`] keeps the per-VM, per-vCPU offset table and
+//!    emits every change as an [`offsets::OffsetEvent`].
+//! 3. **timeline**: [`timeline`] keeps each vCPU's epochs and places a guest
+//!    timestamp in one, with [`Flags`] saying how sure the place is;
+//!    [`clock`] turns host TSC into `CLOCK_MONOTONIC` nanoseconds.
+//! 4. **ingest**: in the guest, [`agent`] streams its raw [`tracefs`]
+//!    pages over the [`wire`] protocol (`docs/PROTOCOL.md`); on the host,
+//!    [`ingest`] accepts agents and decodes their pages in place.
+//! 5. **correlator**: [`correlator`] binds agents to VMs, converts each
+//!    guest timestamp with the epoch it belongs to and feeds the merge. It
+//!    does no I/O; [`session`] is the live loop around it.
+//! 6. **merge**: [`merge`] puts every ordered stream on one timeline within
+//!    a bounded window.
+//! 7. **output**: [`output`] writes it (text, JSON lines).
 //!
-//! Guest to host: [`agent`] runs in a guest and streams its raw trace pages
-//! over the [`wire`] protocol (`docs/PROTOCOL.md`); [`ingest`] accepts
-//! agents on the host and yields their decoded events.
-//! [`merge`] puts many ordered event streams on one timeline and [`output`]
-//! writes it; [`session`] drives it all live. [`demo`] is the toy guest and
-//! agent behind `tsc-tracer demo`.
+//! Beside the flow: [`doctor`] checks what a host allows, [`vmm`] is a
+//! minimal VMM on `/dev/kvm` (tests, demo), [`demo`] the toy guest behind
+//! `tsc-tracer demo`.
 
 pub mod agent;
 pub mod btf;
 pub mod clock;
+pub mod correlator;
 pub mod demo;
 pub mod doctor;
 pub mod ebpf;
+pub mod flags;
 pub mod ingest;
 pub mod kvm;
 pub mod merge;
@@ -28,7 +39,10 @@ pub mod output;
 pub mod process;
 pub mod record;
 pub mod session;
+pub mod signal;
 pub mod timeline;
 pub mod tracefs;
 pub mod vmm;
 pub mod wire;
+
+pub use flags::Flags;

@@ -19,9 +19,9 @@
 //! - exactly one candidate: it is the answer;
 //! - several (the guest wrote its TSC backwards): the earliest candidate not
 //!   before the stream's current epoch whose host TSC is not before the
-//!   stream's last event, flagged [`Flags::RESOLVED_BY_ORDER`];
+//!   stream's last event, flagged [`Flags::RESOLVED_BY_ORDER`](crate::Flags::RESOLVED_BY_ORDER);
 //! - none: the epoch whose host range is nearest, flagged
-//!   [`Flags::OUTSIDE_EPOCH`]. Events are never dropped.
+//!   [`Flags::OUTSIDE_EPOCH`](crate::Flags::OUTSIDE_EPOCH). Events are never dropped.
 //!
 //! An unknown start or end is bounded by [`HORIZON`]: host TSCs more than
 //! that far from the known end are not candidates (a guest TSC written far
@@ -42,7 +42,7 @@ mod tests;
 use std::{collections::VecDeque, num::NonZeroUsize};
 
 use arc::{GuestArc, Span};
-pub use assign::{Assignment, Flags, StreamCursor};
+pub use assign::{Assignment, StreamCursor};
 use tsc_common::tsc::{ConvertError, TscParams};
 
 /// How far (in host TSC ticks) an epoch with an unknown start or end is taken

@@ -20,7 +20,7 @@ use tsc_userspace::{
     ingest::SockAddr,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
     record::{Recorder, RecordingMeta, spill},
-    session::{Session, SessionOptions, Summary, bind::VmSpec},
+    session::{Session, SessionOptions, Summary, VmSpec},
     tracefs::{Page, PageLayout},
     vmm::Child,
     wire::Endpoint,

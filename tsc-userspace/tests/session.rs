@@ -13,11 +13,11 @@ use std::{
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tsc_userspace::{
+    Flags,
     demo::{self, DemoAgent, Observer, Placements, Reading, ToyGuest},
     ingest::SockAddr,
-    merge::Flags,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, bind::VmSpec},
+    session::{Session, SessionOptions, VmSpec},
     vmm,
     wire::Endpoint,
 };

@@ -15,7 +15,7 @@ use tsc_userspace::{
     clock::read_tsc,
     ingest::SockAddr,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, Summary, bind::VmSpec},
+    session::{Session, SessionOptions, Summary, VmSpec},
     vmm::Child,
     wire::Endpoint,
 };

@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 use tsc_userspace::{
     ingest::SockAddr,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, Summary, bind::VmSpec},
+    session::{Session, SessionOptions, Summary, VmSpec},
     tracefs::EventName,
     wire::Endpoint,
 };

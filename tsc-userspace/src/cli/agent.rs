@@ -61,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let agent = Agent::start(config).context("cannot set up tracing")?;
         let report = agent
             .run(async {
-                match tracefs::shutdown_signal().await {
+                match tsc_userspace::signal::shutdown().await {
                     Ok(signal) => info!("{signal}: stopping"),
                     Err(e) => {
                         warn!("cannot watch for signals ({e}): stop the agent with SIGKILL");

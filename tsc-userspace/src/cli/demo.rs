@@ -15,8 +15,9 @@ use tsc_userspace::{
     demo::{self, DemoAgent, Observer, Placements, Reading, ToyGuest},
     ingest::SockAddr,
     output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, bind::VmSpec},
-    tracefs::{EventName, shutdown_signal},
+    session::{Session, SessionOptions, VmSpec},
+    signal::shutdown as shutdown_signal,
+    tracefs::EventName,
     wire::Endpoint,
 };
 

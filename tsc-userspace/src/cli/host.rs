@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 use tsc_userspace::{
     output::{self, ClockMode, FlushPolicy, OutputFormat},
     record,
-    session::{Session, SessionOptions, bind::VmSpec},
-    tracefs::{EventName, shutdown_signal},
+    session::{Session, SessionOptions, VmSpec},
+    signal::shutdown as shutdown_signal,
+    tracefs::EventName,
     wire::Endpoint,
 };
 

@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{SignalKind, signal};
 use tsc_userspace::{
     ebpf::{DEFAULT_PIN_PATH, LoadOptions},
     offsets::{
@@ -85,8 +84,8 @@ async fn run_async(args: Args) -> Result<ExitCode> {
 }
 
 async fn follow(monitor: &mut Monitor, out: &mut Printer<'_>) -> Result<ExitCode> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let shutdown = tsc_userspace::signal::shutdown();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             events = monitor.next() => {
@@ -100,8 +99,10 @@ async fn follow(monitor: &mut Monitor, out: &mut Printer<'_>) -> Result<ExitCode
                     }
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            signal = &mut shutdown => {
+                signal.context("installing the SIGINT/SIGTERM handlers")?;
+                break;
+            }
         }
     }
     let counters = monitor.counters()?;

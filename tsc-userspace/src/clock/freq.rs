@@ -19,6 +19,9 @@ pub enum FreqSource {
     /// rate, no NTP) during calibration: neither of the above exists (as on
     /// a KVM guest whose `sched_clock` is kvm-clock).
     Measured,
+    /// Given by the caller ([`Clock::fixed`](crate::clock::Clock::fixed)):
+    /// a replay or a test.
+    Given,
 }
 
 /// The TSC frequency in kHz as the kernel states it, if it does.

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 
 use super::seq_of;
 use crate::{
-    merge::{Flags, MergeItem},
+    Flags,
+    merge::MergeItem,
     output::{EventWriter, WriteContext},
 };
 

@@ -63,11 +63,9 @@ impl Host {
             dev_kvm: Path::new("/dev/kvm").exists(),
             tracepoints: TRACEPOINTS.map(|t| events.join(t).is_dir()),
             cpu_flags: cpu_flags(&cpuinfo),
-            clocksource: fs::read_to_string(
-                "/sys/devices/system/clocksource/clocksource0/current_clocksource",
-            )
-            .ok()
-            .map(|s| s.trim().to_owned()),
+            clocksource: fs::read_to_string(crate::clock::stability::CLOCKSOURCE)
+                .ok()
+                .map(|s| s.trim().to_owned()),
         }
     }
 
@@ -192,25 +190,12 @@ impl Host {
 
     /// Whether the host TSC is one stable clock (warns, with a fix, when not).
     pub fn stability(&self) -> Check {
-        let missing: Vec<&str> = ["constant_tsc", "nonstop_tsc"]
-            .into_iter()
-            .filter(|f| !self.has_flag(f))
-            .collect();
-        let source = self.clocksource.as_deref().unwrap_or("unknown");
-        if missing.is_empty() && source == "tsc" {
+        let why = crate::clock::stability::problems(&self.cpu_flags, self.clocksource.as_deref());
+        if why.is_empty() {
             return Check::ok(
                 "tsc-stability",
                 "constant_tsc and nonstop_tsc, clocksource tsc: the host TSC is one clock",
             );
-        }
-        let mut why = Vec::new();
-        if !missing.is_empty() {
-            why.push(format!("CPU lacks {}", missing.join(", ")));
-        }
-        if source != "tsc" {
-            why.push(format!(
-                "clocksource is {source}, not tsc (the kernel distrusts the TSC)"
-            ));
         }
         Check::warn(
             "tsc-stability",
@@ -250,16 +235,7 @@ fn has_cap(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
 }
 
-/// The `flags` of the first processor in a /proc/cpuinfo text.
-pub fn cpu_flags(cpuinfo: &str) -> Vec<String> {
-    cpuinfo
-        .lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            (key.trim() == "flags").then(|| value.split_whitespace().map(str::to_owned).collect())
-        })
-        .unwrap_or_default()
-}
+pub use crate::clock::stability::cpu_flags;
 
 #[cfg(test)]
 mod tests {

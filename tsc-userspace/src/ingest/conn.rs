@@ -95,29 +95,23 @@ where
     let guest = check_hello(&hello, ctx.config.max_body)
         .and_then(|()| GuestFormats::from_hello(&hello))
         .map_err(ConnError::Refused)?;
-    if let Some(admit) = &ctx.config.admit {
-        let admission = super::Admission {
-            id: ctx.id,
-            peer: ctx.peer,
-            hello: &hello,
-            host_tsc_at_hello,
-        };
-        (admit.0)(&admission).map_err(ConnError::Refused)?;
-    }
     let guest = Arc::new(guest);
-    let ack = HelloAck {
-        connection_id: ctx.id,
-        max_body: ctx.config.max_body,
-    };
-    writer.send(Frame::HelloAck(ack)).await?;
     let mut state = State::new(&hello, guest.clone(), ctx.config.decode_pages);
-    let info = ConnectionInfo {
+    let info = Arc::new(ConnectionInfo {
         id: ctx.id,
         peer: ctx.peer,
         hello,
         host_tsc_at_hello,
         guest,
+    });
+    if ctx.config.ask_consumer {
+        admit(ctx, info.clone()).await?;
+    }
+    let ack = HelloAck {
+        connection_id: ctx.id,
+        max_body: ctx.config.max_body,
     };
+    writer.send(Frame::HelloAck(ack)).await?;
     info!(
         "connection {} is agent {:?} on {:?} ({} CPUs, {} events)",
         ctx.id,
@@ -126,12 +120,26 @@ where
         info.hello.cpus.len(),
         info.hello.events.len()
     );
-    emit(ctx, IngestItem::Connected(Arc::new(info))).await?;
+    emit(ctx, IngestItem::Connected(info)).await?;
     loop {
         let frame = next_frame(reader, ctx.config.idle_timeout, false).await?;
         if let Some(reason) = state.handle(frame, ctx).await? {
             return Ok(reason);
         }
+    }
+}
+
+/// Asks the consumer whether to accept the agent, and waits for its answer
+/// as long as a Hello may take.
+async fn admit(ctx: &Context, info: Arc<ConnectionInfo>) -> Result<(), ConnError> {
+    let (admission, answer) = super::Admission::new(info);
+    emit(ctx, IngestItem::Hello(admission)).await?;
+    match tokio::time::timeout(ctx.config.handshake_timeout, answer).await {
+        Ok(Ok(decision)) => decision.map_err(ConnError::Refused),
+        Ok(Err(_)) => Err(ConnError::Refused("the host session is stopping".into())),
+        Err(_) => Err(ConnError::Refused(
+            "the host session did not decide in time".into(),
+        )),
     }
 }
 

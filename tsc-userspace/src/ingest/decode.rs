@@ -18,7 +18,7 @@ use crate::{
 #[derive(Debug)]
 pub struct GuestFormats {
     layout: PageLayout,
-    formats: FormatSet,
+    formats: Arc<FormatSet>,
 }
 
 impl GuestFormats {
@@ -40,12 +40,20 @@ impl GuestFormats {
                 ));
             }
         }
-        Ok(Self { layout, formats })
+        Ok(Self {
+            layout,
+            formats: Arc::new(formats),
+        })
     }
 
     /// The event formats.
     pub fn formats(&self) -> &FormatSet {
         &self.formats
+    }
+
+    /// The event formats, shared (a source's formats are these, not a copy).
+    pub fn shared_formats(&self) -> Arc<FormatSet> {
+        self.formats.clone()
     }
 
     /// The ring-buffer page layout.
@@ -108,8 +116,9 @@ impl<'a> GuestEvent<'a> {
 }
 
 impl EventPage {
-    /// Checks every record of `data`; `Err` when any is malformed.
-    pub(super) fn new(
+    /// Checks every record of `data`, a page of guest CPU `cpu` of
+    /// connection `conn`; `Err` when any is malformed.
+    pub fn new(
         conn: ConnId,
         cpu: u32,
         data: Bytes,

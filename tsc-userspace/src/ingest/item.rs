@@ -1,6 +1,8 @@
 //! What the ingest stream yields.
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc};
+
+use tokio::sync::oneshot;
 
 use super::{ConnError, EventPage, GuestFormats, SockAddr};
 use crate::{
@@ -26,10 +28,42 @@ pub struct ConnectionInfo {
     pub guest: Arc<GuestFormats>,
 }
 
+/// An agent waiting to be accepted or refused.
+pub struct Admission {
+    /// Who it is and what it said.
+    pub info: Arc<ConnectionInfo>,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+impl Admission {
+    pub(super) fn new(info: Arc<ConnectionInfo>) -> (Self, oneshot::Receiver<Result<(), String>>) {
+        let (reply, answer) = oneshot::channel();
+        (Self { info, reply }, answer)
+    }
+
+    /// Accepts the agent (`Ok`) or refuses it with a reason it is sent.
+    pub fn answer(self, decision: Result<(), String>) {
+        // The connection may have ended meanwhile: nobody is left to tell.
+        let _ = self.reply.send(decision);
+    }
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
 /// One thing that happened on one connection. Items of one connection
 /// arrive in the order they happened: `Connected` first, `Closed` last.
 #[derive(Debug)]
 pub enum IngestItem {
+    /// A valid Hello waiting for the consumer's decision (only with
+    /// [`IngestConfig::ask_consumer`](super::IngestConfig::ask_consumer));
+    /// `Connected` follows when it is accepted, `Closed` in any case.
+    Hello(Admission),
     /// A handshake completed.
     Connected(Arc<ConnectionInfo>),
     /// A decoded page of events.
@@ -93,6 +127,7 @@ impl IngestItem {
     /// The connection this item belongs to.
     pub fn conn(&self) -> ConnId {
         match self {
+            IngestItem::Hello(admission) => admission.info.id,
             IngestItem::Connected(info) => info.id,
             IngestItem::Events(page) => page.conn,
             IngestItem::Page { conn, .. }

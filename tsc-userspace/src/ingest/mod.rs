@@ -26,12 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use decode::{Cmdlines, EventPage, GuestEvent, GuestFormats};
 pub use error::{ConnError, IngestError};
-pub use item::{ConnId, ConnectionInfo, IngestItem};
+pub use item::{Admission, ConnId, ConnectionInfo, IngestItem};
 pub use peer::SockAddr;
 
-use std::sync::Arc;
-
-use crate::wire::{DEFAULT_MAX_BODY, Endpoint, Hello};
+use crate::wire::{DEFAULT_MAX_BODY, Endpoint};
 
 /// How the ingest treats its peers.
 #[derive(Clone, Debug)]
@@ -46,35 +44,12 @@ pub struct IngestConfig {
     pub queue_depth: usize,
     /// Decode pages into events; when false, yield raw pages.
     pub decode_pages: bool,
-    /// Decides, after a valid Hello, whether the agent is accepted; a
-    /// refusal is sent to the agent as a Reject with its reason.
-    pub admit: Option<Admit>,
-}
-
-/// What an admission decision sees.
-#[derive(Debug)]
-pub struct Admission<'a> {
-    /// The connection's id.
-    pub id: ConnId,
-    /// Where it comes from (a vsock peer's CID names its VM).
-    pub peer: SockAddr,
-    /// Everything the agent said about itself.
-    pub hello: &'a Hello,
-    /// Host TSC when the Hello was decoded.
-    pub host_tsc_at_hello: u64,
-}
-
-/// Decides one admission: `Err(reason)` refuses the agent.
-pub type AdmitFn = dyn Fn(&Admission<'_>) -> Result<(), String> + Send + Sync;
-
-/// An admission decision, shared by every connection task.
-#[derive(Clone)]
-pub struct Admit(pub Arc<AdmitFn>);
-
-impl std::fmt::Debug for Admit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Admit(..)")
-    }
+    /// Let the consumer decide whether each agent is accepted: after a
+    /// valid Hello the connection yields [`IngestItem::Hello`] and waits
+    /// for its [`Admission::answer`] before acknowledging (a refusal goes to
+    /// the agent as a Reject with its reason). When false, every valid
+    /// Hello is accepted.
+    pub ask_consumer: bool,
 }
 
 impl Default for IngestConfig {
@@ -85,7 +60,7 @@ impl Default for IngestConfig {
             idle_timeout: Duration::from_secs(30),
             queue_depth: 1024,
             decode_pages: true,
-            admit: None,
+            ask_consumer: false,
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::Flags;
+
 use bytes::Bytes;
 
 /// Identifies a source (the host, or one guest agent) for the session's
@@ -15,69 +17,6 @@ pub struct SourceId(pub u32);
 impl fmt::Display for SourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#{}", self.0)
-    }
-}
-
-/// What is known to be uncertain or unusual about an event's place on the
-/// timeline. A small bitset; [`Flags::names`] lists the set ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Flags(u8);
-
-impl Flags {
-    /// No flags.
-    pub const NONE: Self = Self(0);
-    /// Several epochs could explain the guest timestamp; the stream's order
-    /// chose one.
-    pub const RESOLVED_BY_ORDER: Self = Self(1 << 0);
-    /// No known epoch explains the guest timestamp.
-    pub const OUTSIDE_EPOCH: Self = Self(1 << 1);
-    /// The offset KVM was asked for is not the one the guest sees (PVM);
-    /// the effective one was used.
-    pub const OFFSET_NOT_APPLIED: Self = Self(1 << 2);
-    /// Arrived after later events had been written: out of order.
-    pub const LATE: Self = Self(1 << 3);
-
-    /// Every flag with its name, in the order they are printed.
-    const NAMED: [(Self, &'static str); 4] = [
-        (Self::RESOLVED_BY_ORDER, "resolved-by-order"),
-        (Self::OUTSIDE_EPOCH, "outside-epoch"),
-        (Self::OFFSET_NOT_APPLIED, "offset-not-applied"),
-        (Self::LATE, "late"),
-    ];
-
-    /// True when every flag of `other` is set.
-    pub const fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// True when no flag is set.
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// Sets the flags of `other`.
-    pub fn insert(&mut self, other: Self) {
-        self.0 |= other.0;
-    }
-
-    /// The names of the set flags (`"late"`, ...), in a fixed order.
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Self::NAMED
-            .into_iter()
-            .filter(move |(f, _)| self.contains(*f))
-            .map(|(_, name)| name)
-    }
-
-    /// The raw bits.
-    pub const fn bits(self) -> u8 {
-        self.0
-    }
-}
-
-impl std::ops::BitOr for Flags {
-    type Output = Self;
-    fn bitor(self, rhs: Self) -> Self {
-        Self(self.0 | rhs.0)
     }
 }
 

@@ -5,7 +5,8 @@ use std::{
     collections::{BinaryHeap, HashMap, VecDeque, binary_heap::PeekMut},
 };
 
-use super::{Flags, MergeItem, SourceId};
+use super::{MergeItem, SourceId};
+use crate::Flags;
 
 /// How long the merge waits for a slow stream, and how much it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,7 +56,7 @@
 //!   (counted as *forced*). `now` is the session's current host TSC.
 //! - An item that arrives below the last emitted TSC cannot be put in
 //!   order: [`push`](Merger::push) hands it straight back flagged
-//!   [`Flags::LATE`] and counts it. An item below its own stream's previous
+//!   [`Flags::LATE`](crate::Flags::LATE) and counts it. An item below its own stream's previous
 //!   one but not below the last emitted is put in place (counted as
 //!   *reordered*): guest streams can step back across an epoch change.
 //! - At most `max_held` items are held; one more and `push` hands back the
@@ -88,7 +88,7 @@ mod item;
 mod merger;
 mod sources;
 
-pub use item::{EventData, Flags, MergeItem, SourceId};
+pub use item::{EventData, MergeItem, SourceId};
 pub use merger::{MergeConfig, MergeStats, Merger, SourceCounts};
 pub use sources::{Source, SourceInfo, SourceKind, Sources};
 

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{MergeError, MergeItem, SourceId};
-use crate::tracefs::{Event, FormatSet, Value};
+use crate::tracefs::{Event, FormatSet};
 
 /// The host, or which VM a guest source belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,10 +75,8 @@ impl Source {
         set_comm(&mut self.comms, pid, comm);
     }
 
-    /// Learns command names from an event that carries them: any pair of
-    /// fields `X_pid`/`X_comm` (`prev_`, `next_`, `child_`), `pid`/`comm`
-    /// and `pid`/`newcomm`. This covers `sched_switch`, `sched_wakeup*`,
-    /// `sched_process_fork` and `task_rename` without naming any of them.
+    /// Learns command names from an event that carries them
+    /// ([`Event::named_tasks`]).
     pub fn learn_comms(&mut self, event: &Event<'_>) {
         learn_comms(&mut self.comms, event);
     }
@@ -98,20 +96,9 @@ fn set_comm(comms: &mut HashMap<i32, String>, pid: i32, comm: &str) {
 }
 
 fn learn_comms(comms: &mut HashMap<i32, String>, event: &Event<'_>) {
-    const PAIRS: [(&str, &str); 5] = [
-        ("prev_pid", "prev_comm"),
-        ("next_pid", "next_comm"),
-        ("child_pid", "child_comm"),
-        ("pid", "comm"),
-        ("pid", "newcomm"),
-    ];
-    for (pid, comm) in PAIRS {
-        let pid = event.get(pid).and_then(Result::ok);
-        let comm = event.get(comm).and_then(Result::ok);
-        if let (Some(pid), Some(Value::Str(comm))) = (pid.and_then(|v| v.as_i64()), comm) {
-            // Comms are kernel `char[16]`s; a non-UTF-8 one is stored lossily.
-            set_comm(comms, pid as i32, &String::from_utf8_lossy(comm));
-        }
+    for (pid, comm) in event.named_tasks() {
+        // A non-UTF-8 comm is stored lossily.
+        set_comm(comms, pid, &String::from_utf8_lossy(comm));
     }
 }
 

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::tracefs::FormatSet;
+use crate::{Flags, tracefs::FormatSet};
 
 const SRC: SourceId = SourceId(0);
 

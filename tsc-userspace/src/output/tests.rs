@@ -10,7 +10,8 @@ use bytes::Bytes;
 
 use super::*;
 use crate::{
-    merge::{EventData, Flags, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
+    Flags,
+    merge::{EventData, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
     tracefs::{EventFormat, FormatSet},
 };
 

@@ -11,9 +11,9 @@ use super::{
 };
 use crate::{
     clock::Clock,
+    correlator::VmState,
     kvm::Debugfs,
     offsets::OffsetEvent,
-    session::vms::VmState,
     tracefs::{Instance, TracefsError},
     wire::Hello,
 };

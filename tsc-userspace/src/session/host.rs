@@ -32,6 +32,8 @@ pub struct HostTrace {
     pub layout: PageLayout,
     /// Formats of the enabled events.
     pub formats: Arc<FormatSet>,
+    /// The CPUs read (those with a buffer in the instance).
+    cpus: Vec<u32>,
     /// Trace only the bound VMs' threads (the default events).
     filter_by_vm: bool,
     started: bool,
@@ -50,8 +52,9 @@ impl HostTrace {
             // Threads the VMMs create later (hot-plugged vCPUs) are followed.
             instance.write("options/event-fork", "1")?;
         }
+        let cpus = instance.cpus()?;
         let mut pipes = Vec::new();
-        for cpu in instance.cpus()? {
+        for &cpu in &cpus {
             pipes.push(instance.open_pipe(cpu)?.into_async()?);
         }
         let (tx, pages) = mpsc::channel(1024);
@@ -60,11 +63,22 @@ impl HostTrace {
             layout: instance.page_layout()?,
             formats: Arc::new(instance.format_set()?),
             instance,
+            cpus,
             readers: Some(readers),
             pages,
             filter_by_vm,
             started: !filter_by_vm,
         })
+    }
+
+    /// What the correlator needs to take this trace's pages.
+    pub fn info(&self) -> crate::correlator::HostTraceInfo {
+        crate::correlator::HostTraceInfo {
+            name: self.name().to_owned(),
+            layout: self.layout,
+            formats: self.formats.clone(),
+            cpus: self.cpus.clone(),
+        }
     }
 
     /// Traces the threads of these VMM processes (when filtering by VM).

@@ -1,43 +1,36 @@
-//! The live correlation session: follow every vCPU's offsets, accept guest
-//! agents, convert each guest timestamp with the epoch it belongs to, and
-//! merge guests' and the host's events into one timeline as they arrive.
+//! The live session: the I/O around the [`Correlator`]. It loads the
+//! kernel programs and follows every vCPU's offsets
+//! ([`crate::offsets::monitor`]), listens for guest agents
+//! ([`crate::ingest`]), reads the host's own trace ([`host`]), and feeds
+//! what each delivers to the correlator as it arrives; a tick releases
+//! what the merge window allows and refreshes the clock calibration.
 //!
-//! One task owns all state and reacts to four sources in turn: offset
-//! events from the kernel ([`crate::offsets::monitor`]), items from agents
-//! ([`crate::ingest`]), host pages ([`host`]), and a tick that writes out
-//! what the merge window releases. Agents are admitted (or refused) by
-//! [`bind`] from inside their connection task, against a copy of the VMs
-//! that the session keeps current.
+//! Agents are admitted (or refused) by the correlator itself: a
+//! connection's Hello comes through the same queue as everything else and
+//! waits for the correlator's answer, so a binding lives with its agent.
 
-pub mod bind;
-mod guest;
 pub mod host;
-mod stats;
-pub mod vms;
+mod status;
 
 use std::{
-    collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-pub use stats::Summary;
+pub use crate::correlator::{Summary, VmSpec};
 
 use crate::{
     clock::{Clock, ClockError, read_tsc},
+    correlator::{Correlator, CorrelatorConfig, HostPageError, ticks},
     ebpf::LoadOptions,
-    ingest::{ConnId, Ingest, IngestConfig, IngestError, IngestItem, SockAddr},
-    merge::{EventData, MergeConfig, MergeItem, Merger, SourceId, SourceInfo, SourceKind, Sources},
+    ingest::{Ingest, IngestConfig, IngestError, IngestItem, SockAddr},
     offsets::monitor::{Monitor, MonitorError, MonitorOptions},
-    output::{EventWriter, WriteContext},
-    tracefs::{EventName, Page, TracefsError},
-    wire::{Endpoint, Page as WirePage},
+    output::EventWriter,
+    tracefs::{EventName, TracefsError},
+    wire::Endpoint,
 };
-use bind::{Binding, Candidate, VmSpec};
-use guest::Agent;
 use host::HostTrace;
-use vms::Vms;
+use status::StatusLine;
 
 /// Errors that stop a session.
 #[derive(Debug, thiserror::Error)]
@@ -108,43 +101,23 @@ impl Default for SessionOptions {
     }
 }
 
-/// What the admission check in connection tasks shares with the session.
-#[derive(Default)]
-struct Admissions {
-    specs: Vec<VmSpec>,
-    candidates: Vec<Candidate>,
-    slack: u64,
-    bound: HashMap<ConnId, Binding>,
-}
-
 /// A running session.
 pub struct Session {
     monitor: Monitor,
-    clock: Clock,
     ingest: Ingest,
     host: HostTrace,
-    host_source: SourceId,
-    vms: Vms,
-    agents: HashMap<ConnId, Agent>,
-    admissions: Arc<Mutex<Admissions>>,
-    sources: Sources,
-    merger: Merger,
-    stats: stats::Stats,
+    correlator: Correlator,
+    status: StatusLine,
     last_clock_refresh: Instant,
-    /// Sources of agents that left, dropped once their last event is out.
-    departed: Vec<SourceId>,
     last_comms: Instant,
     /// `--record DIR` (record: see `crate::record::live`).
     recorder: Option<crate::record::Recorder>,
 }
 
-/// How far behind its keep-alive an agent's page reads may be: twice its
-/// default flush period.
-const AGENT_LAG: Duration = Duration::from_millis(200);
 /// How often host task names are re-read from `saved_cmdlines`.
 const COMMS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the clock calibration is refreshed (bounds drift).
-const CLOCK_REFRESH: Duration = Duration::from_secs(10);
+pub const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 /// How often the window is checked when nothing arrives.
 const TICK: Duration = Duration::from_millis(50);
 /// Host pages are read at least this often: a host CPU stream promises
@@ -155,56 +128,46 @@ impl Session {
     /// Starts everything: kernel programs, clock, listeners, host trace.
     /// Must run inside a tokio runtime.
     pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
-        warn_if_tsc_unstable();
+        crate::clock::stability::warn_if_unstable();
         let clock = Clock::calibrate()?;
         let monitor = Monitor::start(MonitorOptions {
             load: options.load.clone(),
             ..MonitorOptions::default()
         })?;
-        let mut vms = Vms::default();
-        for event in monitor.map().snapshot() {
-            vms.apply(&event, &clock);
-        }
-        for spec in &options.vms {
-            if vms.get(spec.pid).is_none_or(|vm| vm.vcpus.is_empty()) {
-                return Err(SessionError::UnknownVm(spec.pid));
-            }
-        }
-        let admissions = Arc::new(Mutex::new(Admissions {
-            specs: options.vms.clone(),
-            candidates: vms.candidates(),
-            slack: ticks(&clock, options.bind_slack),
-            bound: HashMap::new(),
-        }));
-        let mut ingest_config = options.ingest.clone();
-        ingest_config.admit = Some(admit(admissions.clone()));
-        let ingest = Ingest::bind(&options.listen, ingest_config).await?;
         let (events, filter) = match &options.host_events {
             Some(events) => (events.clone(), options.host_events_vm_only),
             None => (default_host_events(), true),
         };
         let host = HostTrace::start(&events, filter)?;
-        let mut sources = Sources::new();
-        let host_source = sources.add(SourceInfo {
-            kind: SourceKind::Host,
-            name: host.name().to_owned(),
-            formats: host.formats.clone(),
-        })?;
-        let merger = Merger::new(MergeConfig::new(ticks(&clock, options.window)));
+        let config = CorrelatorConfig {
+            vms: options.vms.clone(),
+            window: options.window,
+            bind_slack: options.bind_slack,
+            ..CorrelatorConfig::default()
+        };
+        let mut correlator = Correlator::new(config, clock, host.info())?;
+        correlator.offsets(&monitor.map().snapshot(), read_tsc(), &vmm_cmdline);
+        for spec in &options.vms {
+            if correlator
+                .vms()
+                .get(spec.pid)
+                .is_none_or(|vm| vm.vcpus.is_empty())
+            {
+                return Err(SessionError::UnknownVm(spec.pid));
+            }
+        }
+        let ingest_config = IngestConfig {
+            ask_consumer: true,
+            ..options.ingest.clone()
+        };
+        let ingest = Ingest::bind(&options.listen, ingest_config).await?;
         Ok(Self {
             monitor,
-            clock,
             ingest,
             host,
-            host_source,
-            vms,
-            agents: HashMap::new(),
-            admissions,
-            sources,
-            merger,
-            stats: stats::Stats::new(options.status_line),
+            correlator,
+            status: StatusLine::new(options.status_line),
             last_clock_refresh: Instant::now(),
-            departed: Vec::new(),
             last_comms: Instant::now(),
             recorder: None,
         })
@@ -217,15 +180,17 @@ impl Session {
 
     /// Records the session into `rec` as trace.dat files (`--record`).
     pub fn record_into(&mut self, mut rec: crate::record::Recorder) {
-        crate::record::live::start(&mut rec, self.host.instance(), &self.clock); // record
+        let (host, clock) = (self.host.instance(), self.correlator.clock());
+        crate::record::live::start(&mut rec, host, clock); // record
         let snapshot = self.monitor.map().snapshot();
-        crate::record::live::offsets(&mut rec, &snapshot, |pid| self.vms.get(pid)); // record
+        let vms = self.correlator.vms();
+        crate::record::live::offsets(&mut rec, &snapshot, |pid| vms.get(pid)); // record
         self.recorder = Some(rec);
     }
 
     /// The host clock (TSC to CLOCK_MONOTONIC ns).
     pub fn clock(&self) -> &Clock {
-        &self.clock
+        self.correlator.clock()
     }
 
     /// Runs until `shutdown` completes, writing the timeline to `sink`;
@@ -240,15 +205,21 @@ impl Session {
         loop {
             let step = tokio::select! {
                 () = &mut shutdown => break,
-                events = self.monitor.next() => events.map(|e| self.on_offsets(e)).map_err(SessionError::from),
+                events = self.monitor.next() => events.map(|e| self.on_offsets(&e)).map_err(SessionError::from),
                 Some(item) = self.ingest.next_item() => self.on_ingest(item, sink),
-                Some(page) = self.host.pages.recv() => self.on_host_page(&page, sink),
+                Some(page) = self.host.pages.recv() => self.on_host_page(page.cpu, &page.data, sink),
                 _ = tick.tick() => {
                     self.on_tick();
                     Ok(())
                 }
             };
-            match step.and_then(|()| self.release(sink)) {
+            let step = step.and_then(|()| {
+                self.correlator
+                    .release(read_tsc(), sink)
+                    .map(drop)
+                    .map_err(SessionError::Output)
+            });
+            match step {
                 Ok(()) => {}
                 // Whoever read the timeline is gone (`| head`): a normal end.
                 Err(SessionError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -263,28 +234,17 @@ impl Session {
         self.finish(sink).await
     }
 
-    fn on_offsets(&mut self, events: Vec<crate::offsets::OffsetEvent>) {
-        for event in &events {
-            self.vms.apply(event, &self.clock);
-        }
+    fn on_offsets(&mut self, events: &[crate::offsets::OffsetEvent]) {
+        let follow = self.correlator.offsets(events, read_tsc(), &vmm_cmdline);
         if let Some(rec) = &mut self.recorder {
-            crate::record::live::offsets(rec, &events, |pid| self.vms.get(pid)); // record
+            let vms = self.correlator.vms();
+            crate::record::live::offsets(rec, events, |pid| vms.get(pid)); // record
         }
-        let candidates = self.vms.candidates();
-        let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
-        if let Ok(mut shared) = self.admissions.lock() {
-            shared.candidates = candidates;
+        if follow {
+            // New vCPU threads of bound VMs are followed by event-fork;
+            // this covers threads created before the VM was bound.
+            self.follow_bound_vms();
         }
-        // New vCPU threads of bound VMs are followed by event-fork; this
-        // covers threads created before the VM was bound.
-        if events.iter().any(|e| bound.contains(&e.pid))
-            && let Err(err) = self.host.follow_vms(&bound)
-        {
-            tracing::warn!("following the bound VMs' threads on the host: {err}");
-        }
-        let agents = &self.agents;
-        self.vms
-            .reap(|pid| agents.values().any(|a| a.binding.pid == pid));
     }
 
     fn on_ingest(
@@ -293,21 +253,14 @@ impl Session {
         sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
         match item {
-            IngestItem::Connected(info) => self.on_connected(&info),
+            IngestItem::Hello(admission) => self.on_hello(admission),
             IngestItem::Events(page) => {
-                let Some(agent) = self.agents.get_mut(&page.conn) else {
-                    return Ok(());
-                };
                 if let Some(rec) = &mut self.recorder {
                     rec.guest_page(page.conn, page.cpu, page.bytes()); // record
                 }
-                let vm = self.vms.get(agent.binding.pid);
-                for item in agent.convert(&page, vm, &mut self.sources) {
-                    self.stats.guest_events += 1;
-                    if let Some(now) = self.merger.push(item) {
-                        write(sink, &self.sources, &self.clock, &now)?;
-                    }
-                }
+                self.correlator
+                    .guest_page(&page, sink)
+                    .map_err(SessionError::Output)?
             }
             IngestItem::Lost {
                 conn,
@@ -315,7 +268,7 @@ impl Session {
                 new,
                 total,
             } => {
-                self.stats.guest_lost += new;
+                self.correlator.guest_lost(new);
                 tracing::warn!(
                     "agent {conn}: the guest lost {new} events on CPU {cpu} ({total} in all)"
                 );
@@ -328,202 +281,108 @@ impl Session {
                 peer,
                 outcome,
             } => {
-                if let Some(agent) = self.agents.remove(&conn) {
-                    self.merger.close_source(agent.source);
-                    self.departed.push(agent.source);
-                }
+                self.correlator.guest_closed(conn);
                 if let Some(rec) = &mut self.recorder {
                     rec.guest_closed(conn); // record
-                }
-                if let Ok(mut shared) = self.admissions.lock() {
-                    shared.bound.remove(&conn);
                 }
                 match outcome {
                     Ok(reason) => tracing::info!("agent {conn} ({peer}) left: {reason}"),
                     Err(err) => tracing::warn!("agent {conn} ({peer}) dropped: {err}"),
                 }
             }
-            IngestItem::TscSample { conn, sample, .. } => self.on_sample(conn, sample.tsc_before),
-            IngestItem::Page { .. } | IngestItem::Cmdlines { .. } => {}
+            IngestItem::TscSample { conn, sample, .. } => {
+                self.correlator.guest_alive(conn, sample.tsc_before);
+            }
+            IngestItem::Connected(_) | IngestItem::Page { .. } | IngestItem::Cmdlines { .. } => {}
         }
         Ok(())
     }
 
-    fn on_connected(&mut self, info: &crate::ingest::ConnectionInfo) {
-        let binding = self
-            .admissions
-            .lock()
-            .ok()
-            .and_then(|s| s.bound.get(&info.id).cloned());
-        let Some(binding) = binding else {
-            tracing::warn!("agent {} connected without a binding; ignoring it", info.id);
-            return;
-        };
-        let source = self.sources.add(SourceInfo {
-            kind: SourceKind::Guest {
-                vm_name: binding.name.clone(),
-                vm_pid: binding.pid,
-            },
-            name: info.peer.to_string(),
-            formats: Arc::new(info.guest.formats().clone()),
-        });
-        let source = match source {
-            Ok(source) => source,
-            Err(err) => {
-                tracing::warn!("agent {}: {err}", info.id);
-                return;
+    fn on_hello(&mut self, admission: crate::ingest::Admission) {
+        let info = &admission.info;
+        let mut bound = None;
+        let decision = match self.correlator.admit(info) {
+            Ok(binding) => {
+                bound = Some((binding.pid, binding.name.clone()));
+                tracing::info!(
+                    "agent {} {:?} ({}) traces VM {} (pid {}), bound by {}",
+                    info.id,
+                    info.hello.agent_name,
+                    info.peer,
+                    binding.name,
+                    binding.pid,
+                    binding.by
+                );
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!("agent {} ({}) refused: {reason}", info.id, info.peer);
+                Err(reason)
             }
         };
-        tracing::info!(
-            "agent {} {:?} ({}) traces VM {} (pid {}), bound by {}",
-            info.id,
-            info.hello.agent_name,
-            info.peer,
-            binding.name,
-            binding.pid,
-            binding.by
-        );
-        let pid = binding.pid;
-        if let Some(rec) = &mut self.recorder {
-            let vm = self.vms.get(pid);
-            crate::record::live::guest_connected(rec, info.id, &info.hello, pid, &binding.name, vm); // record
+        if let (Some(rec), Some((pid, name))) = (&mut self.recorder, &bound) {
+            let vm = self.correlator.vms().get(*pid);
+            crate::record::live::guest_connected(rec, info.id, &info.hello, *pid, name, vm); // record
         }
-        self.agents
-            .insert(info.id, Agent::new(source, binding, &info.hello));
-        // Open the agent's CPU streams now: until its keep-alives or pages
-        // say otherwise, the merge waits for them rather than writing host
-        // events their backlog may precede.
-        if let Some(sample) = info.hello.samples.first() {
-            self.on_sample(info.id, sample.tsc_before);
-        }
-        let bound: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
-        if let Err(err) = self.host.follow_vms(&bound) {
-            tracing::warn!("tracing VM {pid}'s threads on the host: {err}");
-        }
-    }
-
-    /// A keep-alive's TSC sample: the agent has read every CPU's buffer at
-    /// least once in the last [`AGENT_LAG`], so none of its CPU streams will
-    /// bring anything older; quiet ones stop holding the merge back.
-    fn on_sample(&mut self, conn: ConnId, guest_tsc: u64) {
-        let Some(agent) = self.agents.get(&conn) else {
-            return;
-        };
-        let Some(vm) = self.vms.get(agent.binding.pid) else {
-            return;
-        };
-        let lag = ticks(&self.clock, AGENT_LAG);
-        for (cpu, host) in agent.hosts_of(vm, guest_tsc) {
-            self.merger
-                .advance(agent.source, cpu, host.saturating_sub(lag));
+        let admitted = decision.is_ok();
+        admission.answer(decision);
+        if admitted {
+            self.follow_bound_vms();
         }
     }
 
     fn on_host_page(
         &mut self,
-        page: &WirePage,
+        cpu: u32,
+        data: &bytes::Bytes,
         sink: &mut (dyn EventWriter + Send),
     ) -> Result<(), SessionError> {
         if let Some(rec) = &mut self.recorder {
-            rec.host_page(page.cpu, &page.data); // record
+            rec.host_page(cpu, data); // record
         }
-        let parsed = match Page::parse(&self.host.layout, &page.data) {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                tracing::warn!("skipping a host page of CPU {}: {err}", page.cpu);
-                return Ok(());
-            }
-        };
-        if let crate::tracefs::LostEvents::Count(n) = parsed.lost_events() {
-            self.stats.host_lost += n;
-        }
-        for raw in parsed.events().filter_map(Result::ok) {
-            let Some(data) = EventData::from_page(&page.data, raw.data) else {
-                continue;
-            };
-            let item = MergeItem::host(self.host_source, page.cpu, raw.ts, data);
-            self.sources.learn_comms(&item);
-            self.stats.host_events += 1;
-            if let Some(now) = self.merger.push(item) {
-                write(sink, &self.sources, &self.clock, &now)?;
+        match self.correlator.host_page(cpu, data, sink) {
+            Ok(()) => Ok(()),
+            Err(HostPageError::Output(e)) => Err(SessionError::Output(e)),
+            Err(err @ HostPageError::Page(_)) => {
+                tracing::warn!("CPU {cpu}: {err}");
+                Ok(())
             }
         }
-        Ok(())
+    }
+
+    fn follow_bound_vms(&mut self) {
+        let bound = self.correlator.bound_vms();
+        if let Err(err) = self.host.follow_vms(&bound) {
+            tracing::warn!("following the bound VMs' threads on the host: {err}");
+        }
     }
 
     fn on_tick(&mut self) {
-        let now = read_tsc();
-        let lag = ticks(&self.clock, HOST_LAG);
-        for cpu in 0..self.host_cpus() {
-            self.merger
-                .advance(self.host_source, cpu, now.saturating_sub(lag));
-        }
+        let lag = ticks(self.correlator.clock(), HOST_LAG);
+        self.correlator.host_read(read_tsc().saturating_sub(lag));
         if self.last_comms.elapsed() >= COMMS_REFRESH {
             self.learn_host_comms();
         }
         if self.last_clock_refresh.elapsed() >= CLOCK_REFRESH {
-            if let Err(err) = self.clock.refresh() {
-                tracing::warn!("refreshing the host clock: {err}");
+            let mut clock = *self.correlator.clock();
+            match clock.refresh() {
+                Ok(()) => self.correlator.set_clock(clock),
+                Err(err) => tracing::warn!("refreshing the host clock: {err}"),
             }
             self.last_clock_refresh = Instant::now();
         }
-        self.stats
-            .maybe_status(&self.merger, self.agents.len(), self.bound_vms());
-        self.forget_departed();
-    }
-
-    /// A session runs for days: an agent's formats and command names go
-    /// once nothing of it is held any more.
-    fn forget_departed(&mut self) {
-        let (merger, sources) = (&self.merger, &mut self.sources);
-        self.departed.retain(|&source| {
-            let held = merger.held_of(source) > 0;
-            if !held {
-                sources.remove(source);
-            }
-            held
-        });
+        self.status.maybe_draw(&self.correlator);
     }
 
     /// Host task names from the kernel's `saved_cmdlines`.
     fn learn_host_comms(&mut self) {
         self.last_comms = Instant::now();
         match self.host.saved_cmdlines() {
-            Ok(comms) => {
-                let comms = comms.iter().map(|(&pid, comm)| (pid, comm.as_str()));
-                self.sources.set_comms(self.host_source, comms);
-            }
+            Ok(comms) => self
+                .correlator
+                .host_comms(comms.iter().map(|(&pid, comm)| (pid, comm.as_str()))),
             Err(err) => tracing::debug!("reading saved_cmdlines: {err}"),
         }
-    }
-
-    fn host_cpus(&self) -> u32 {
-        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-    }
-
-    fn bound_vms(&self) -> usize {
-        let mut pids: Vec<u32> = self.agents.values().map(|a| a.binding.pid).collect();
-        pids.sort_unstable();
-        pids.dedup();
-        pids.len()
-    }
-
-    /// Writes what the merge releases now.
-    fn release(&mut self, sink: &mut (dyn EventWriter + Send)) -> Result<(), SessionError> {
-        let clock = &self.clock;
-        let to_ns = |tsc| clock.tsc_to_ns(tsc);
-        let ctx = WriteContext {
-            sources: &self.sources,
-            clock: &to_ns,
-        };
-        let n = self
-            .merger
-            .pop_ready(read_tsc(), |item| sink.write(&ctx, &item))
-            .map_err(SessionError::Output)?;
-        if n > 0 {
-            sink.flush().map_err(SessionError::Output)?;
-        }
-        Ok(())
     }
 
     async fn finish(
@@ -532,58 +391,25 @@ impl Session {
     ) -> Result<Summary, SessionError> {
         self.host.stop().await;
         while let Ok(page) = self.host.pages.try_recv() {
-            self.on_host_page(&page, sink)?;
+            self.on_host_page(page.cpu, &page.data, sink)?;
         }
         self.ingest.shutdown();
         while let Some(item) = self.ingest.next_item().await {
             self.on_ingest(item, sink)?;
         }
-        let clock = &self.clock;
-        let to_ns = |tsc| clock.tsc_to_ns(tsc);
-        let ctx = WriteContext {
-            sources: &self.sources,
-            clock: &to_ns,
-        };
-        self.merger
-            .flush_all(|item| sink.write(&ctx, &item))
-            .map_err(SessionError::Output)?;
-        sink.flush().map_err(SessionError::Output)?;
+        self.status.finish();
         if let Some(rec) = self.recorder.take() {
             let comms = self.host.saved_cmdlines().ok();
-            crate::record::live::finish(rec, |pid| self.vms.get(pid), comms); // record
+            let vms = self.correlator.vms();
+            crate::record::live::finish(rec, |pid| vms.get(pid), comms); // record
         }
-        Ok(self.stats.summary(&self.merger))
+        self.correlator.finish(sink).map_err(SessionError::Output)
     }
 }
 
-fn write(
-    sink: &mut (dyn EventWriter + Send),
-    sources: &Sources,
-    clock: &Clock,
-    item: &MergeItem,
-) -> Result<(), SessionError> {
-    let to_ns = |tsc| clock.tsc_to_ns(tsc);
-    sink.write(
-        &WriteContext {
-            sources,
-            clock: &to_ns,
-        },
-        item,
-    )
-    .map_err(SessionError::Output)
-}
-
-/// Guest timestamps are only comparable with the host's when the host TSC
-/// is one stable clock: say so at start when it may not be.
-fn warn_if_tsc_unstable() {
-    let check = crate::doctor::system::Host::read().stability();
-    if check.status != crate::doctor::Status::Ok {
-        tracing::warn!(
-            "{}{}",
-            check.detail,
-            check.fix.map(|f| format!(" ({f})")).unwrap_or_default()
-        );
-    }
+/// A VMM's command line (vsock CIDs), empty when it cannot be read.
+fn vmm_cmdline(pid: u32) -> Vec<String> {
+    crate::process::cmdline(pid).unwrap_or_default()
 }
 
 fn default_host_events() -> Vec<EventName> {
@@ -592,22 +418,3 @@ fn default_host_events() -> Vec<EventName> {
         .filter_map(|e| e.parse().ok())
         .collect()
 }
-
-/// Host TSC ticks in `d`.
-fn ticks(clock: &Clock, d: Duration) -> u64 {
-    (clock.tsc_khz() as u128 * d.as_micros() / 1000) as u64
-}
-
-fn admit(shared: Arc<Mutex<Admissions>>) -> crate::ingest::Admit {
-    crate::ingest::Admit(Arc::new(move |admission| {
-        let mut state = shared
-            .lock()
-            .map_err(|_| "the session is shutting down".to_owned())?;
-        let binding = bind::bind(admission, &state.specs, &state.candidates, state.slack)?;
-        state.bound.insert(admission.id, binding);
-        Ok(())
-    }))
-}
-
-#[cfg(test)]
-mod tests;

@@ -1,65 +1,9 @@
 //! Assigning a guest event to an epoch (the rules are in the parent module).
 
-use std::{fmt, ops::BitOr};
-
 use tsc_common::tsc::ConvertError;
 
 use super::{Slot, TimelineError, VcpuTimeline};
-
-/// How an event's epoch was chosen, beyond "the only candidate".
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Flags(u8);
-
-impl Flags {
-    /// No flag: exactly one epoch explains the event.
-    pub const NONE: Flags = Flags(0);
-    /// Several epochs explained it; the stream's order chose one.
-    pub const RESOLVED_BY_ORDER: Flags = Flags(1);
-    /// No epoch explained it; the nearest was used.
-    pub const OUTSIDE_EPOCH: Flags = Flags(2);
-    /// The host TSC is before the stream's previous event's.
-    pub const BACKWARDS: Flags = Flags(4);
-
-    /// Whether every flag of `other` is set.
-    pub fn contains(self, other: Flags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// Whether no flag is set.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// The raw bits (for compact output).
-    pub fn bits(self) -> u8 {
-        self.0
-    }
-
-    /// The names of the set flags.
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
-        [
-            (Self::RESOLVED_BY_ORDER, "resolved-by-order"),
-            (Self::OUTSIDE_EPOCH, "outside-epoch"),
-            (Self::BACKWARDS, "backwards"),
-        ]
-        .into_iter()
-        .filter(move |(flag, _)| self.contains(*flag))
-        .map(|(_, name)| name)
-    }
-}
-
-impl BitOr for Flags {
-    type Output = Flags;
-    fn bitor(self, rhs: Flags) -> Flags {
-        Flags(self.0 | rhs.0)
-    }
-}
-
-impl fmt::Debug for Flags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.names()).finish()
-    }
-}
+use crate::flags::Flags;
 
 /// Where one guest per-CPU stream is: owned by the caller, one per stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

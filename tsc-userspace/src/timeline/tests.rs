@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::Flags;
 
 fn unscaled(offset: i64) -> TscParams {
     TscParams::unscaled(offset as u64)
@@ -314,7 +315,7 @@ fn reference_assign(
         }
     };
     if cursor.0.is_some() && h < last {
-        flags = flags | Flags::BACKWARDS;
+        flags |= Flags::BACKWARDS;
     }
     *cursor = (Some(seq), h);
     Some((h, seq, flags))

@@ -208,6 +208,28 @@ impl<'a> Event<'a> {
         self.get("common_pid")?.ok()?.as_i64().map(|v| v as i32)
     }
 
+    /// The tasks an event names with their command names: any pair of
+    /// fields `X_pid`/`X_comm` (`prev_`, `next_`, `child_`), `pid`/`comm`
+    /// and `pid`/`newcomm`. This covers `sched_switch`, `sched_wakeup*`,
+    /// `sched_process_fork` and `task_rename` without naming any of them.
+    /// Comms are the kernel's `char[16]` bytes, not necessarily UTF-8.
+    pub fn named_tasks(&self) -> impl Iterator<Item = (i32, &'a [u8])> + '_ {
+        const PAIRS: [(&str, &str); 5] = [
+            ("prev_pid", "prev_comm"),
+            ("next_pid", "next_comm"),
+            ("child_pid", "child_comm"),
+            ("pid", "comm"),
+            ("pid", "newcomm"),
+        ];
+        PAIRS.into_iter().filter_map(|(pid, comm)| {
+            let pid = self.get(pid)?.ok()?.as_i64()?;
+            match self.get(comm)?.ok()? {
+                Value::Str(comm) => Some((pid as i32, comm)),
+                _ => None,
+            }
+        })
+    }
+
     /// Every field that is not a common one, with its value.
     pub fn fields(&self) -> impl Iterator<Item = (&'a Field, Result<Value<'a>, FieldError>)> {
         let data = self.data;

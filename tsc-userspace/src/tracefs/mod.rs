@@ -28,7 +28,7 @@
 //! every pipe opened from it) is dropped: on normal return, on `?`, and while
 //! a panic unwinds. Signals do not unwind, so a binary must turn SIGINT and
 //! SIGTERM into an orderly return, e.g. by racing its work against
-//! [`shutdown_signal`] in `tokio::select!`, then dropping pipes and
+//! [`crate::signal::shutdown`] in `tokio::select!`, then dropping pipes and
 //! instances before it exits. For the paths where nothing unwinds (a
 //! `panic = "abort"` build, `std::process::exit`), [`cleanup_live_instances`]
 //! stops and removes every instance this process still has, and
@@ -57,7 +57,7 @@ pub use mount::{DEFAULT_TRACEFS, Tracefs, find_in_mounts, parse_cpu_list, parse_
 pub use page::{Events, LostEvents, Page, PageError, PageLayout, RawEvent};
 pub use page_builder::{PageBuildError, PageBuilder};
 pub use pipe::{AsyncRawPipe, RawPipe};
-pub use registry::{cleanup_live_instances, install_panic_hook, shutdown_signal};
+pub use registry::{cleanup_live_instances, install_panic_hook};
 
 /// Errors using tracefs.
 #[derive(Debug, thiserror::Error)]

@@ -88,19 +88,6 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Resolves when SIGINT or SIGTERM arrives, with the signal's name. Race the
-/// work against it (`tokio::select!`) and return normally, so that pipes and
-/// instances are dropped and removed.
-pub async fn shutdown_signal() -> io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = int.recv() => Ok("SIGINT"),
-        _ = term.recv() => Ok("SIGTERM"),
-    }
-}
-
 /// Removes instances named `PREFIX-PID-N` whose process is gone: what a
 /// killed run (SIGKILL) left. Never touches other names or live processes.
 pub(crate) fn remove_stale(tracefs: &Tracefs, prefix: &str) {

@@ -13,8 +13,8 @@ macro_rules! say {
 use std::collections::HashMap;
 
 use tsc_userspace::{
+    Flags,
     demo::{Placed, Reading},
-    merge::Flags,
     session::Summary,
     vmm,
     wire::Endpoint,

@@ -10,9 +10,31 @@ use std::{fmt, str::FromStr};
 use tsc_common::tsc::TscParams;
 
 use crate::{
-    ingest::{Admission, SockAddr},
+    ingest::{ConnectionInfo, SockAddr},
     wire::Hello,
 };
+
+/// What binding looks at of an agent's connection.
+#[derive(Debug)]
+pub struct Admission<'a> {
+    /// Where it comes from (a vsock peer's CID names its VM).
+    pub peer: SockAddr,
+    /// Everything the agent said about itself.
+    pub hello: &'a Hello,
+    /// Host TSC when the Hello was decoded.
+    pub host_tsc_at_hello: u64,
+}
+
+impl<'a> Admission<'a> {
+    /// The admission of a connection.
+    pub fn of(info: &'a ConnectionInfo) -> Self {
+        Self {
+            peer: info.peer,
+            hello: &info.hello,
+            host_tsc_at_hello: info.host_tsc_at_hello,
+        }
+    }
+}
 
 /// `--vm PID[=NAME]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,7 +257,6 @@ mod tests {
 
     fn admission(hello: &Hello, peer: SockAddr, at: u64) -> Admission<'_> {
         Admission {
-            id: 1,
             peer,
             hello,
             host_tsc_at_hello: at,

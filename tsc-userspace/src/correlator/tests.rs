@@ -1,18 +1,44 @@
 //! Epoch handling end to end: a replayed sequence of offset events (as the
 //! monitor emits them) through [`Vms`] and guest placement. On these
 //! machines `kvm_entry`/`kvm_exit` never fire and offsets are not applied,
-//! so the sequences are replayed rather than produced live.
+//! so the sequences are replayed rather than produced live. The clock is a
+//! fixed one: no calibration, nothing read from the machine.
+
+mod session;
 
 use super::{guest::place, vms::Vms};
 use crate::{
-    clock::Clock,
-    merge::Flags,
+    Flags,
+    clock::{Clock, Sample},
     offsets::{EventKind, OffsetEvent, Source},
     timeline::StreamCursor,
 };
 
+/// A fixed 1 GHz clock: TSC tick t is t ns (anchored at 0).
+pub(super) fn clock() -> Clock {
+    Clock::fixed(
+        Sample {
+            tsc: 0,
+            ns: 0,
+            width: 0,
+        },
+        1_000_000,
+    )
+}
+
+fn no_cmdline(_: u32) -> Vec<String> {
+    Vec::new()
+}
+
+/// Applies `event` received at host TSC 0 (every replayed change carries its
+/// own boundary).
+fn apply(vms: &mut Vms, event: &OffsetEvent, clock: &Clock) {
+    vms.apply(event, clock, 0, &no_cmdline);
+}
+
 const PID: u32 = 4_194_400; // above any pid_max: no procfs lookups succeed
 
+/// An event of vCPU 0 of VM [`PID`].
 fn event(
     kind: EventKind,
     seq: u64,
@@ -46,20 +72,23 @@ fn guest(host: u64, offset: i64) -> u64 {
 
 #[test]
 fn guest_events_take_the_offset_in_force_when_they_happened() {
-    let clock = Clock::calibrate().expect("clock");
+    let clock = clock();
     let base = clock.ns_to_tsc(1_000_000_000_000);
     let at = |tsc: u64| clock.tsc_to_ns(tsc);
     let (t1, t2) = (base + 10_000_000, base + 20_000_000);
     let mut vms = Vms::default();
-    vms.apply(
+    apply(
+        &mut vms,
         &event(EventKind::Snapshot, 0, -1000, Some(-1000), None),
         &clock,
     );
-    vms.apply(
+    apply(
+        &mut vms,
         &event(EventKind::Change, 1, -5000, Some(-5000), Some(at(t1))),
         &clock,
     );
-    vms.apply(
+    apply(
+        &mut vms,
         &event(
             EventKind::Change,
             2,
@@ -96,13 +125,14 @@ fn guest_events_take_the_offset_in_force_when_they_happened() {
 fn a_guest_writing_its_tsc_back_is_resolved_by_stream_order() {
     // The case raised on the KVM list in 2012: the guest sets its TSC to 0
     // three times, so guest timestamps 1, 2, 3 happen in each epoch.
-    let clock = Clock::calibrate().expect("clock");
+    let clock = clock();
     let base = clock.ns_to_tsc(2_000_000_000_000);
     let starts = [base, base + 1_000_000, base + 2_000_000];
     let mut vms = Vms::default();
     for (i, &start) in starts.iter().enumerate() {
         let offset = -(start as i64);
-        vms.apply(
+        apply(
+            &mut vms,
             &event(
                 EventKind::Change,
                 i as u64 + 1,
@@ -169,12 +199,13 @@ fn unknown_vcpu_is_flagged_outside_never_dropped() {
 
 #[test]
 fn a_superseded_readback_keeps_the_held_offset_on_a_hypervisor_that_ignores_offsets() {
-    let clock = Clock::calibrate().expect("clock");
+    let clock = clock();
     let base = clock.ns_to_tsc(3_000_000_000_000);
     let mut vms = Vms::default();
     // PVM: asked -5000, the vCPU holds 0; the next change's read-back was
     // superseded (null): it must not be converted with the asked offset.
-    vms.apply(
+    apply(
+        &mut vms,
         &event(
             EventKind::Change,
             1,
@@ -184,7 +215,8 @@ fn a_superseded_readback_keeps_the_held_offset_on_a_hypervisor_that_ignores_offs
         ),
         &clock,
     );
-    vms.apply(
+    apply(
+        &mut vms,
         &event(
             EventKind::Change,
             2,

@@ -1,20 +1,21 @@
-//! One bound agent: its guest CPUs' vCPUs and where each CPU's stream is in
-//! its vCPU's epochs.
+//! One connected guest: its agent's binding, its CPUs' vCPUs, and where
+//! each CPU's stream is in its vCPU's epochs.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, io};
 
 use tsc_common::tsc::TscParams;
 
 use super::{bind::Binding, vms::VmState};
 use crate::{
+    Flags,
     ingest::EventPage,
-    merge::{EventData, Flags, MergeItem, SourceId, Sources},
+    merge::{EventData, MergeItem, SourceId, Sources},
     timeline::{self, StreamCursor},
     wire::Hello,
 };
 
-/// A connected, bound agent.
-pub(super) struct Agent {
+/// A connected guest, bound to its VM.
+pub(super) struct Guest {
     /// Its merge source.
     pub(super) source: SourceId,
     /// Its VM.
@@ -25,7 +26,7 @@ pub(super) struct Agent {
     cursors: HashMap<u32, StreamCursor>,
 }
 
-impl Agent {
+impl Guest {
     pub(super) fn new(source: SourceId, binding: Binding, hello: &Hello) -> Self {
         Self {
             source,
@@ -48,22 +49,27 @@ impl Agent {
         })
     }
 
-    /// Converts every event of a page to host time, in page order.
+    /// Converts every event of a page to host time and hands each, in page
+    /// order, to `push` (with the sources, whose comm table it updates).
     pub(super) fn convert(
         &mut self,
         page: &EventPage,
         vm: Option<&VmState>,
         sources: &mut Sources,
-    ) -> Vec<MergeItem> {
+        mut push: impl FnMut(MergeItem, &Sources) -> io::Result<()>,
+    ) -> io::Result<()> {
         let vcpu = self.vcpu_of.get(&page.cpu).copied();
         let timeline = vm.zip(vcpu).and_then(|(vm, v)| vm.vcpus.get(&v));
         let fallback = vm.and_then(|vm| {
             vcpu.and_then(|v| vm.current.get(&v))
                 .or(vm.current.values().next())
         });
-        let not_applied = vm.is_some_and(|vm| vm.not_applied);
+        let not_applied = if vm.is_some_and(|vm| vm.not_applied) {
+            Flags::OFFSET_NOT_APPLIED
+        } else {
+            Flags::NONE
+        };
         let cursor = self.cursors.entry(page.cpu).or_default();
-        let mut items = Vec::with_capacity(page.count);
         for event in page.events() {
             if let (Some(pid), Some(comm)) = (event.pid, event.comm) {
                 sources.set_comm(self.source, pid, comm);
@@ -71,22 +77,20 @@ impl Agent {
             let Some(data) = EventData::from_page(page.bytes(), event.data) else {
                 continue;
             };
-            let (host_tsc, epoch, mut flags) = place(timeline, fallback, cursor, event.tsc);
-            if not_applied {
-                flags.insert(Flags::OFFSET_NOT_APPLIED);
-            }
-            items.push(MergeItem {
+            let (host_tsc, epoch, flags) = place(timeline, fallback, cursor, event.tsc);
+            let item = MergeItem {
                 host_tsc,
                 source: self.source,
                 cpu: page.cpu,
                 vcpu,
                 guest_tsc: Some(event.tsc),
                 epoch,
-                flags,
+                flags: flags | not_applied,
                 data,
-            });
+            };
+            push(item, sources)?;
         }
-        items
+        Ok(())
     }
 }
 
@@ -103,14 +107,7 @@ pub(super) fn place(
     if let Some(timeline) = timeline
         && let Ok(a) = timeline.assign(cursor, guest)
     {
-        let mut flags = Flags::NONE;
-        if a.flags.contains(timeline::Flags::RESOLVED_BY_ORDER) {
-            flags.insert(Flags::RESOLVED_BY_ORDER);
-        }
-        if a.flags.contains(timeline::Flags::OUTSIDE_EPOCH) {
-            flags.insert(Flags::OUTSIDE_EPOCH);
-        }
-        return (a.host, Some(a.epoch), flags);
+        return (a.host, Some(a.epoch), a.flags);
     }
     let host = fallback
         .and_then(|p| p.host_from_guest(guest).ok())

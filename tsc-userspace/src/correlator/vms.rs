@@ -1,4 +1,5 @@
-//! Every VM's vCPU epoch timelines, kept current from the offsets monitor.
+//! Every VM's vCPU epoch timelines, kept current from the kernel side's
+//! offset events.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,7 +9,6 @@ use super::bind::Candidate;
 use crate::{
     clock::Clock,
     offsets::{EventKind, OffsetEvent},
-    process,
     timeline::{OffsetChange, VcpuTimeline},
 };
 
@@ -41,8 +41,16 @@ impl Vms {
         self.vms.get(&pid)
     }
 
-    /// Applies one event of the offsets monitor.
-    pub fn apply(&mut self, event: &OffsetEvent, clock: &Clock) {
+    /// Applies one event of the offsets monitor, received at host TSC `now`
+    /// (the boundary of a change that carries none); `cmdline` reads a new
+    /// VMM's command line.
+    pub fn apply(
+        &mut self,
+        event: &OffsetEvent,
+        clock: &Clock,
+        now: u64,
+        cmdline: &dyn Fn(u32) -> Vec<String>,
+    ) {
         if event.event == EventKind::VmExit {
             if let Some(vm) = self.vms.get_mut(&event.pid) {
                 vm.exited = true;
@@ -52,7 +60,7 @@ impl Vms {
         let Some(vcpu) = event.vcpu else { return };
         let vm = self.vms.entry(event.pid).or_insert_with(|| VmState {
             comm: event.comm.clone(),
-            cmdline: process::cmdline(event.pid).unwrap_or_default(),
+            cmdline: cmdline(event.pid),
             vcpus: BTreeMap::new(),
             current: BTreeMap::new(),
             not_applied: false,
@@ -74,7 +82,6 @@ impl Vms {
                 None => Ok(()),
             },
             _ => {
-                let now = crate::clock::read_tsc();
                 let change = OffsetChange {
                     at: at(event.epoch_start_ns).unwrap_or(now),
                     params,
