@@ -16,9 +16,9 @@ const BATCH: u64 = 1024;
 
 fn change(at: u64, params: TscParams) -> OffsetChange {
     OffsetChange {
-        at,
+        new_start: at,
         params,
-        last_exit: None,
+        old_end: None,
     }
 }
 

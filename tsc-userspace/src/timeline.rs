@@ -106,11 +106,11 @@ impl Epoch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OffsetChange {
     /// Host TSC when the change was made.
-    pub at: u64,
+    pub new_start: u64,
     /// The parameters in force from the vCPU's next entry.
     pub params: TscParams,
     /// Host TSC of the vCPU's last exit before the change, when known.
-    pub last_exit: Option<u64>,
+    pub old_end: Option<u64>,
 }
 
 /// What [`VcpuTimeline::first_entry`] found.
@@ -178,18 +178,18 @@ impl VcpuTimeline {
     /// (the latest one unchanged when KVM rewrote the same parameters).
     pub fn offset_change(&mut self, change: OffsetChange) -> Result<u64, TimelineError> {
         let Some(latest) = self.slots.back() else {
-            return Ok(self.push(change.params, Some(change.at), false));
+            return Ok(self.push(change.params, Some(change.new_start), false));
         };
-        self.check_order(change.at)?;
+        self.check_order(change.new_start)?;
         if latest.epoch.params.same_conversion(&change.params) {
             return Ok(latest.epoch.seq);
         }
-        let end = match change.last_exit {
-            Some(exit) if exit <= change.at => exit,
-            _ => change.at,
+        let end = match change.old_end {
+            Some(exit) if exit <= change.new_start => exit,
+            _ => change.new_start,
         };
         self.close_latest(end);
-        Ok(self.push(change.params, Some(change.at), false))
+        Ok(self.push(change.params, Some(change.new_start), false))
     }
 
     /// Records the vCPU's first guest entry after a change (or the first one

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use common::Resource;
 use tokio::sync::oneshot;
 use tsc_userspace::{
     agent::{Agent, AgentConfig, AgentReport},
@@ -21,11 +22,11 @@ use tsc_userspace::{
 
 const MARKERS: usize = 3000;
 
-/// These tests fork (children, the agent binary). A fork in one test's
-/// thread copies another test's open tracefs files into the child until it
-/// execs, and an instance cannot be removed (EBUSY) while any of its files
-/// is open anywhere: so they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// These tests fork (children, the agent binary). A fork in one test's
+// thread copies another test's open tracefs files into the child until it
+// execs, and an instance cannot be removed (EBUSY) while any of its files
+// is open anywhere: so they run one at a time, each holding its
+// `common::take_turn(Resource::Tracing)`.
 
 const EXECS: usize = 20;
 
@@ -133,7 +134,7 @@ async fn the_agent_delivers_a_known_workload_decoded() {
     if !common::privileged("the_agent_delivers_a_known_workload_decoded") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(Resource::Tracing);
     let (mut ingest, endpoint) = ingest().await;
     let config = AgentConfig {
         events: vec!["sched:sched_process_exec".parse().unwrap()],
@@ -173,8 +174,17 @@ async fn the_agent_delivers_a_known_workload_decoded() {
             break workload.await.unwrap();
         }
     };
-    // Let a keep-alive or two go by, then stop: the rest comes by the flush.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let a keep-alive go by after the workload, then stop: the rest comes
+    // by the flush.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while samples == 0 {
+        let item = tokio::time::timeout_at(deadline, ingest.next_item())
+            .await
+            .expect("keep-alives carry TSC samples: none came within 20 s")
+            .unwrap();
+        samples += matches!(item, IngestItem::TscSample { .. }) as usize;
+        collect(&mut c, &item);
+    }
     stop.send(()).unwrap();
     while c.bye.is_none() {
         let item = tokio::time::timeout(Duration::from_secs(20), ingest.next_item())
@@ -187,7 +197,7 @@ async fn the_agent_delivers_a_known_workload_decoded() {
     let report: AgentReport = run.await.unwrap().unwrap();
 
     assert_eq!(c.bye.as_deref(), Some("agent stopping"));
-    assert_eq!(report.sessions, 1);
+    assert_eq!(report.connections, 1);
     assert!(report.pages > 0);
     assert!(
         c.backwards.is_empty(),
@@ -214,7 +224,7 @@ fn the_binary_stops_cleanly_on_sigterm() {
     if !common::privileged("the_binary_stops_cleanly_on_sigterm") {
         return;
     }
-    let _serial = SERIAL.blocking_lock();
+    let _turn = common::take_turn(Resource::Tracing);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut ingest, endpoint) = ingest().await;
@@ -265,7 +275,7 @@ fn retry_zero_fails_at_once_with_a_clear_message() {
     if !common::privileged("retry_zero_fails_at_once_with_a_clear_message") {
         return;
     }
-    let _serial = SERIAL.blocking_lock();
+    let _turn = common::take_turn(Resource::Tracing);
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -330,7 +340,7 @@ async fn the_agent_reconnects_when_the_connection_breaks() {
     if !common::privileged("the_agent_reconnects_when_the_connection_breaks") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(Resource::Tracing);
     let (mut ingest, host) = ingest().await;
     let (endpoint, cut) = relay(host).await;
     let config = AgentConfig {
@@ -355,8 +365,16 @@ async fn the_agent_reconnects_when_the_connection_breaks() {
         collect(&mut c, &next(&mut ingest).await);
     }
     cut.send(()).await.unwrap();
-    let IngestItem::Closed { conn, outcome, .. } = next(&mut ingest).await else {
-        panic!("the first connection does not close")
+    // Pages sent before the cut (execs anywhere on this machine) may still
+    // come first; the connection's end is the next thing it reports.
+    let (conn, outcome) = loop {
+        match next(&mut ingest).await {
+            IngestItem::Closed { conn, outcome, .. } => break (conn, outcome),
+            item @ IngestItem::Connected(_) => {
+                panic!("the first connection does not close: {item:?}")
+            }
+            item => collect(&mut c, &item),
+        }
     };
     assert_eq!(conn, first.id);
     assert!(outcome.is_err(), "cut, not a Bye");
@@ -376,5 +394,5 @@ async fn the_agent_reconnects_when_the_connection_breaks() {
         collect(&mut c, &item);
     }
     let report = run.await.unwrap().unwrap();
-    assert_eq!(report.sessions, 2);
+    assert_eq!(report.connections, 2);
 }

@@ -1,12 +1,7 @@
 //! The BTF resolver against this machine's kernel, checked with bpftool.
 mod common;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    process::Command,
-    sync::OnceLock,
-};
+use std::{collections::HashMap, path::Path, process::Command, sync::OnceLock};
 
 use tsc_userspace::btf::{Btf, KvmLayout, TracepointArg};
 
@@ -153,65 +148,30 @@ impl Expected<'_> {
     }
 }
 
-fn find_bpftool() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("bpftool"))
-        .find(|p| p.is_file())
-}
-
-/// bpftool, installed from Debian if missing; None (after a loud notice,
-/// or a panic under `cargo xtask test`) when that cannot be done.
-fn bpftool() -> Option<PathBuf> {
-    if let Some(found) = find_bpftool() {
-        return Some(found);
-    }
-    eprintln!("bpftool missing: running apt-get install -y bpftool");
-    let _ = Command::new("apt-get")
-        .args(["install", "-y", "bpftool"])
-        .status();
-    if let Some(found) = find_bpftool() {
-        return Some(found);
-    }
-    let why = "bpftool is not installed and `apt-get install -y bpftool` failed";
-    if std::env::var_os(common::REQUIRE_PRIVILEGED).is_some() {
-        panic!("{why}");
-    }
-    eprintln!("\n*** SKIPPED: {why}: the BTF resolver was not checked against bpftool. ***\n");
-    None
-}
-
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// bpftool's raw dump of vmlinux BTF, parsed once for all tests.
-fn bpftool_types() -> Option<&'static HashMap<u32, RawType>> {
-    static TYPES: OnceLock<Option<HashMap<u32, RawType>>> = OnceLock::new();
-    TYPES
-        .get_or_init(|| {
-            assert!(
-                Path::new(VMLINUX).exists(),
-                "{VMLINUX} is missing: no kernel BTF"
-            );
-            let bpftool = bpftool()?;
-            let output = Command::new(&bpftool)
-                .args(["btf", "dump", "file", VMLINUX, "format", "raw"])
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(output.status.success(), "{stderr}");
-            Some(parse_bpftool_raw(
-                &String::from_utf8(output.stdout).unwrap(),
-            ))
-        })
-        .as_ref()
+/// bpftool's raw dump of vmlinux BTF, parsed once for all tests. bpftool
+/// is required (`cargo xtask setup` installs it).
+fn bpftool_types() -> &'static HashMap<u32, RawType> {
+    static TYPES: OnceLock<HashMap<u32, RawType>> = OnceLock::new();
+    TYPES.get_or_init(|| {
+        assert!(
+            Path::new(VMLINUX).exists(),
+            "{VMLINUX} is missing: no kernel BTF"
+        );
+        let output = Command::new(common::require_tool("bpftool"))
+            .args(["btf", "dump", "file", VMLINUX, "format", "raw"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        parse_bpftool_raw(&String::from_utf8(output.stdout).unwrap())
+    })
 }
 
 #[test]
 fn resolver_agrees_with_bpftool_on_this_kernel() {
-    let Some(types) = bpftool_types() else {
-        return;
-    };
+    let types = bpftool_types();
     let vmlinux = Path::new(VMLINUX);
     let expected = Expected { types }.layout();
 
@@ -227,9 +187,7 @@ fn resolver_agrees_with_bpftool_on_this_kernel() {
 
 #[test]
 fn every_named_struct_member_offset_matches_bpftool_for_kvm_structs() {
-    let Some(types) = bpftool_types() else {
-        return;
-    };
+    let types = bpftool_types();
     let btf = Btf::from_file(VMLINUX).unwrap();
     let mut checked = 0;
     for name in ["kvm_vcpu", "kvm_vcpu_arch", "kvm", "kvm_arch"] {

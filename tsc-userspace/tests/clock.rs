@@ -63,16 +63,7 @@ impl Drop for Instances {
     fn drop(&mut self) {
         for path in &self.paths {
             let _ = fs::write(path.join(EVENT).join("enable"), "0");
-            let removed = (0..20).any(|_| {
-                let ok = fs::remove_dir(path).is_ok();
-                if !ok {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                ok
-            });
-            if !removed {
-                eprintln!("*** left {} behind: remove it by hand", path.display());
-            }
+            common::remove_instance_dir(path);
         }
     }
 }
@@ -136,6 +127,8 @@ fn measure(events: usize, gap: Duration, refresh: Option<Duration>) -> Errors {
         errors
             .vdso
             .push(clock.tsc_to_ns(s.tsc) as i64 - s.ns as i64);
+        // The spacing is what is measured (drift between refreshes), not
+        // a wait for anything.
         std::thread::sleep(gap);
     }
     let recorded = instances.finish();

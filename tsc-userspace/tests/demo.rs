@@ -14,6 +14,8 @@ fn the_demo_shows_each_reading_before_the_host_traps_its_store() {
     if !common::privileged("the_demo_shows_each_reading_before_the_host_traps_its_store") {
         return;
     }
+    // The demo's session pins the offsets map at the default path.
+    let _turn = common::take_turn(common::Resource::Tracing);
     let out = Command::new(env!("CARGO_BIN_EXE_tsc-tracer"))
         .args([
             "demo",

@@ -9,6 +9,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    sync::oneshot,
 };
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tsc_userspace::{
@@ -65,8 +66,10 @@ fn page(cpu: u32, n: u32) -> Page {
 }
 
 /// A well-behaved agent: handshake, pages on two CPUs, a Lost, a
-/// KeepAlive, Bye. Returns its local address.
-async fn good_agent(addr: SocketAddr) -> SocketAddr {
+/// KeepAlive, Bye. Halfway through it waits for `hostile_gone`, so that it
+/// is connected, mid-stream, while the hostile peers are ended. Returns its
+/// local address.
+async fn good_agent(addr: SocketAddr, hostile_gone: oneshot::Receiver<()>) -> SocketAddr {
     let stream = TcpStream::connect(addr).await.unwrap();
     let local = stream.local_addr().unwrap();
     let (rd, wr) = stream.into_split();
@@ -75,6 +78,7 @@ async fn good_agent(addr: SocketAddr) -> SocketAddr {
     tx.send(Frame::Hello(Box::new(hello()))).await.unwrap();
     let ack = rx.next().await.unwrap().unwrap();
     assert!(matches!(ack, Frame::HelloAck(_)), "{ack:?}");
+    let mut hostile_gone = Some(hostile_gone);
     for n in 0..PAGES_PER_CPU {
         for cpu in 0..2 {
             tx.send(Frame::Page(page(cpu, n))).await.unwrap();
@@ -84,10 +88,13 @@ async fn good_agent(addr: SocketAddr) -> SocketAddr {
                 .await
                 .unwrap();
             tx.send(Frame::KeepAlive(TscSample::take())).await.unwrap();
-        }
-        // Keep the good agent alive while the hostile ones run out their time.
-        if n % 50 == 0 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            // The breakers are ended within milliseconds: well inside the
+            // idle limit this connection is under while it waits.
+            let gone = hostile_gone.take().unwrap();
+            tokio::time::timeout(Duration::from_secs(20), gone)
+                .await
+                .expect("the hostile peers that break the protocol were never all ended")
+                .unwrap();
         }
     }
     tx.send(Frame::Bye("done".into())).await.unwrap();
@@ -122,9 +129,23 @@ async fn slow_peer(addr: SocketAddr) -> (SocketAddr, Vec<Frame>) {
         if stream.write_all(&[byte]).await.is_err() {
             break;
         }
+        // The slowness is the hostility under test, not a wait.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (local, Vec::new())
+}
+
+/// A connection ended for what its peer sent, not for a time limit.
+fn broke_protocol(err: &ConnError) -> bool {
+    matches!(
+        err,
+        ConnError::Wire(
+            WireError::Oversize { .. }
+                | WireError::Truncated { .. }
+                | WireError::UnsupportedVersion { .. }
+                | WireError::UnknownType(_)
+        )
+    )
 }
 
 fn header(len: u32, code: u16) -> Vec<u8> {
@@ -199,7 +220,12 @@ async fn hostile_peers_end_only_their_own_connection() {
         ),
         ("slow", tokio::spawn(slow_peer(addr))),
     ];
-    let good = tokio::spawn(good_agent(addr));
+    // The six that break the protocol are ended at once; "slow" and
+    // "silent" run out their time limits.
+    const BREAKERS: usize = 6;
+    let (hostile_gone, gone) = oneshot::channel();
+    let mut hostile_gone = Some(hostile_gone);
+    let good = tokio::spawn(good_agent(addr, gone));
 
     let mut seen = Seen::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -208,7 +234,8 @@ async fn hostile_peers_end_only_their_own_connection() {
             .await
             .expect("every connection closes in time")
             .unwrap();
-        // A slow consumer must not break anyone: dawdle now and then.
+        // A slow consumer must not break anyone: dawdle now and then (the
+        // dawdling is under test, not a wait).
         if item.conn() % 3 == 0 {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
@@ -236,6 +263,12 @@ async fn hostile_peers_end_only_their_own_connection() {
                     seen.errors.insert(peer, e.clone());
                 }
                 seen.closed.insert(peer, outcome.map_err(|e| e.to_string()));
+                let broke = seen.errors.values().filter(|e| broke_protocol(e)).count();
+                if broke == BREAKERS
+                    && let Some(tx) = hostile_gone.take()
+                {
+                    let _ = tx.send(());
+                }
             }
             IngestItem::Connected(_) | IngestItem::Cmdlines { .. } | IngestItem::Lost { .. } => {}
             other => panic!("unexpected in raw mode: {other:?}"),

@@ -17,7 +17,7 @@ use tsc_userspace::{
     ebpf::LoadOptions,
     kvm::Debugfs,
     offsets::{
-        EventKind, Source,
+        EventKind, OffsetSource,
         monitor::{Monitor, MonitorOptions},
     },
     vmm::{self, Child, MSR_IA32_TSC},
@@ -395,7 +395,7 @@ fn ring_buffer_overflow_is_repaired_from_the_kernel_map() {
             Some(-WRITES),
             "the newest offset is known despite the overflow"
         );
-        assert_eq!(last.source, Some(Source::Map));
+        assert_eq!(last.source, Some(OffsetSource::Map));
         assert_eq!(last.event, EventKind::Change);
         let v = monitor.map().vcpu(vm.pid(), 0).unwrap();
         assert_eq!(

@@ -5,7 +5,15 @@ mod common;
 
 use std::time::Duration;
 
-use tsc_userspace::tracefs::{Instance, InstanceOptions, Page, PageBuilder};
+use tsc_userspace::{
+    clock::read_tsc,
+    tracefs::{Instance, InstanceOptions, Page, PageBuilder},
+};
+
+/// A delta of more TSC ticks than this between two events (the x86-tsc
+/// trace clock) does not fit a record header's 27 bits: the kernel writes a
+/// time extend (`kernel/trace/ring_buffer.c`, `TS_DELTA_TEST`).
+const EXTEND_TICKS: u64 = 1 << 27;
 
 #[test]
 fn rebuilt_kernel_pages_are_byte_identical() {
@@ -21,7 +29,12 @@ fn rebuilt_kernel_pages_are_byte_identical() {
         let text = "x".repeat([1, 7, 60, 150, 300][i % 5]);
         marker.write_marker(&text).unwrap();
         if i == 20 {
-            std::thread::sleep(Duration::from_millis(120));
+            let written = read_tsc();
+            common::wait_until(
+                "the TSC to pass 2^27 ticks after a marker",
+                Duration::from_secs(10),
+                || (read_tsc().wrapping_sub(written) > EXTEND_TICKS).then_some(()),
+            );
         }
     }
     instance.set_tracing_on(false).unwrap();

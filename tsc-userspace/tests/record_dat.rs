@@ -83,9 +83,9 @@ struct Scenario {
 
 fn change(t: &mut VcpuTimeline, at: u64, params: TscParams, last_exit: u64) {
     t.offset_change(OffsetChange {
-        at,
+        new_start: at,
         params,
-        last_exit: Some(last_exit),
+        old_end: Some(last_exit),
     })
     .unwrap();
 }
@@ -125,9 +125,9 @@ fn scenarios() -> Vec<Scenario> {
     let p = [TscParams::unscaled(a), TscParams::unscaled(a - 160_000)];
     let mut t = VcpuTimeline::default();
     t.offset_change(OffsetChange {
-        at: BASE,
+        new_start: BASE,
         params: p[0],
-        last_exit: None,
+        old_end: None,
     })
     .unwrap();
     change(&mut t, BASE + 100_000, p[1], BASE + 99_900);
@@ -152,9 +152,9 @@ fn scenarios() -> Vec<Scenario> {
     let p = [TscParams::unscaled(a)];
     let mut t = VcpuTimeline::default();
     t.offset_change(OffsetChange {
-        at: BASE + 250_000,
+        new_start: BASE + 250_000,
         params: p[0],
-        last_exit: None,
+        old_end: None,
     })
     .unwrap();
     out.push(Scenario {

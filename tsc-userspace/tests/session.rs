@@ -5,11 +5,10 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{self, Write},
-    sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use common::{Resource, SharedBuf};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tsc_userspace::{
@@ -21,31 +20,6 @@ use tsc_userspace::{
     vmm,
     wire::Endpoint,
 };
-
-/// A writer whose bytes the test reads afterwards.
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl SharedBuf {
-    fn lines(&self) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
 
 fn options(pid: u32, name: &str) -> SessionOptions {
     SessionOptions {
@@ -91,6 +65,10 @@ const OFFSETS: [i64; 2] = [-123_456_789, 987_654_321];
 /// per vCPU per round (150 24-byte events fill more than one page).
 const ROUNDS: usize = 3;
 const PER_VCPU: u64 = 150;
+/// How long the session may take to see the offset changes (PVM), and
+/// the pause between probes meanwhile.
+const PROBING: Duration = Duration::from_secs(20);
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
 
 /// Test 1: a real guest's rdtsc readings, sent through the wire into a
 /// session, come out at host times inside the host rdtsc bracket around
@@ -101,6 +79,8 @@ async fn guest_readings_land_inside_their_kvm_run() {
     if !common::privileged("guest_readings_land_inside_their_kvm_run") {
         return;
     }
+    // Its session pins the offsets map at the default path.
+    let _turn = common::take_turn(Resource::Tracing);
     let pvm = vmm::is_pvm();
     let mut guest = ToyGuest::new(&VCPUS).unwrap();
     let pid = std::process::id();
@@ -129,14 +109,17 @@ async fn guest_readings_land_inside_their_kvm_run() {
         if pvm {
             // Probe until the session has seen the offset changes (it reads
             // each back from debugfs): from then on every event is flagged.
-            for _ in 0..100 {
+            let deadline = Instant::now() + PROBING;
+            loop {
                 let probe = take(&mut guest, 1);
                 agent.send(&probe).await.unwrap();
                 readings.extend(probe);
                 assert!(
                     placements
                         .wait_for(readings.len(), Duration::from_secs(10))
-                        .await
+                        .await,
+                    "probe reading {} never came out of the session",
+                    readings.len()
                 );
                 let last = placements.snapshot();
                 if last[last.len() - VCPUS.len()..]
@@ -145,7 +128,15 @@ async fn guest_readings_land_inside_their_kvm_run() {
                 {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(
+                    Instant::now() < deadline,
+                    "after {} probes per vCPU in {PROBING:?} the session still did not flag \
+                     the last of every vCPU offset-not-applied: it never saw the offset changes",
+                    readings.len() / VCPUS.len()
+                );
+                // One probe per vCPU every PROBE_PAUSE, not thousands while
+                // the session reads the changes back.
+                tokio::time::sleep(PROBE_PAUSE).await;
             }
         }
         let probes = readings.len();
@@ -176,7 +167,7 @@ async fn guest_readings_land_inside_their_kvm_run() {
     assert_eq!(summary.guest_events, readings.len() as u64);
 
     let guest_lines: Vec<Value> = out
-        .lines()
+        .json_lines()
         .into_iter()
         .filter(|l| l["source"] == "guest")
         .collect();

@@ -2,14 +2,16 @@
 //! guest's), real VMs in child processes and the real kernel programs.
 mod common;
 
-use std::{
-    io::{self, Write},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
+use common::{Resource, SharedBuf};
 use serde_json::Value;
-use tokio::{io::AsyncWriteExt, net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::oneshot,
+    task::JoinHandle,
+};
 use tsc_userspace::{
     agent::{Agent, AgentConfig, AgentError},
     clock::read_tsc,
@@ -22,41 +24,15 @@ use tsc_userspace::{
 
 const BINARY: &str = env!("CARGO_BIN_EXE_tsc-tracer");
 
-/// Sessions and agents of these tests use tracefs and the kernel programs:
-/// one at a time keeps their figures their own.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// An `io::Write` the test can read after the session is done.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Shared {
-    fn events(&self) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-            .collect()
-    }
-}
+/// How long a session may take to write out what a test waits for.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A session running in a task, stopped by `stop`.
 struct Running {
     endpoint: Endpoint,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Summary>,
-    out: Shared,
+    out: SharedBuf,
 }
 
 async fn start_session(vms: Vec<VmSpec>) -> Running {
@@ -78,7 +54,7 @@ async fn start_session(vms: Vec<VmSpec>) -> Running {
         host: "127.0.0.1".into(),
         port: addr.port(),
     };
-    let out = Shared::default();
+    let out = SharedBuf::default();
     let writer_out = out.clone();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -107,7 +83,17 @@ impl Running {
     async fn finish(self) -> (Summary, Vec<Value>) {
         let _ = self.stop.send(());
         let summary = self.task.await.expect("session task");
-        (summary, self.out.events())
+        (summary, self.out.json_lines())
+    }
+
+    /// Waits until the events the session has written so far satisfy
+    /// `done`; fails saying `what` never happened.
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let out = self.out.clone();
+        common::wait_for(what, WAIT, || {
+            done(&out.complete_json_lines()).then_some(())
+        })
+        .await;
     }
 }
 
@@ -183,26 +169,38 @@ async fn agent_bound_with_vm_merges_host_and_guest_events_in_order() {
     if !common::privileged("agent_bound_with_vm_merges_host_and_guest_events_in_order") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(Resource::Tracing);
     let (mut child, session) = one_vm_session("g1").await;
     const MARKERS: usize = 500;
     let before = read_tsc();
     let (stop_agent, agent) =
         agent_with_markers(&session.endpoint, "g1", "session-test", MARKERS).await;
     let after = read_tsc();
+    // The host traces the VM's threads from the agent's binding on: its
+    // markers out of the session show that binding.
+    session
+        .wait_for(
+            &format!("all {MARKERS} markers of the agent bound to g1 written out"),
+            |e| markers(e, "session-test").len() >= MARKERS,
+        )
+        .await;
     // The guest program's MMIO exits are kvm_userspace_exit events of the
     // VM's vCPU thread on the host.
     const READINGS: u64 = 20;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let run = tokio::task::spawn_blocking(move || {
         let run = child.rdtsc(0, READINGS).unwrap();
         (child, run)
     });
     let (child, run) = run.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    session
+        .wait_for(
+            &format!("more than {READINGS} kvm_userspace_exit events written out"),
+            |e| of_event(e, "kvm:kvm_userspace_exit").count() as u64 > READINGS,
+        )
+        .await;
     let _ = stop_agent.send(());
     agent.await.unwrap().expect("agent ends cleanly");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything checked below is out already; `finish` writes what is held.
     let (summary, events) = session.finish().await;
 
     let guest = markers(&events, "session-test");
@@ -268,7 +266,7 @@ async fn two_agents_two_vms_no_cross_talk_and_an_ambiguous_agent_is_refused() {
     if !common::privileged("two_agents_two_vms_no_cross_talk_and_an_ambiguous_agent_is_refused") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(Resource::Tracing);
     let (mut a, mut b) = (Child::spawn(BINARY).unwrap(), Child::spawn(BINARY).unwrap());
     vm(&mut a, &[0]);
     vm(&mut b, &[0, 1]);
@@ -285,11 +283,14 @@ async fn two_agents_two_vms_no_cross_talk_and_an_ambiguous_agent_is_refused() {
     let session = start_session(specs).await;
     let (stop_a, agent_a) = agent_with_markers(&session.endpoint, "alpha", "from-alpha", 200).await;
     let (stop_b, agent_b) = agent_with_markers(&session.endpoint, "beta", "from-beta", 300).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    session
+        .wait_for("200 markers of alpha and 300 of beta written out", |e| {
+            markers(e, "from-alpha").len() >= 200 && markers(e, "from-beta").len() >= 300
+        })
+        .await;
     let _ = (stop_a.send(()), stop_b.send(()));
     agent_a.await.unwrap().unwrap();
     agent_b.await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, events) = session.finish().await;
     let (from_a, from_b) = (
         markers(&events, "from-alpha"),
@@ -332,7 +333,7 @@ async fn hostile_agents_end_their_own_connection_and_the_good_one_is_complete() 
     if !common::privileged("hostile_agents_end_their_own_connection_and_the_good_one_is_complete") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(Resource::Tracing);
     let (child, session) = one_vm_session("good").await;
     let Endpoint::Tcp { port, .. } = session.endpoint else {
         unreachable!()
@@ -358,17 +359,30 @@ async fn hostile_agents_end_their_own_connection_and_the_good_one_is_complete() 
                 if s.write_all(&[b]).await.is_err() {
                     break;
                 }
+                // The slowness is the hostility under test, not a wait.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     });
     let (stop, agent) = agent_with_markers(&session.endpoint, "good", "survivor", 1000).await;
     drop(hostile.pop()); // disconnect mid-frame
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The session ends the garbage and the oversize connections itself.
+    for (what, mut s) in ["garbage", "oversize"].into_iter().zip(hostile) {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the session never ended the {what} connection"
+        );
+    }
+    session
+        .wait_for("the good agent's 1000 markers written out", |e| {
+            markers(e, "survivor").len() >= 1000
+        })
+        .await;
     let _ = stop.send(());
     agent.await.unwrap().expect("the good agent is unaffected");
     slow.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, events) = session.finish().await;
     let good = markers(&events, "survivor");
     assert_eq!(good.len(), 1000, "the good agent's events all arrive");

@@ -8,18 +8,20 @@ use std::{
     collections::{BTreeMap, HashSet},
     path::Path,
     process::Command,
-    sync::Mutex,
 };
 
 use bytes::Bytes;
+use common::Resource;
 use tsc_userspace::tracefs::{
     EventName, Instance, InstanceOptions, LostEvents, Page, PageLayout, TraceMarker, Tracefs,
     TracefsError, cleanup_live_instances, tracedat::TraceDat,
 };
 
-/// Tests share the registry of live instances (one calls
-/// `cleanup_live_instances`), so they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+// Tests share the registry of live instances (one calls
+// `cleanup_live_instances`) and one checks that no `PREFIX` instance is
+// left in tracefs, whichever process made it: each holds
+// `common::take_turn(Resource::Tracing)`, so they run one at a time under
+// cargo test and cargo-nextest alike.
 
 const PREFIX: &str = "tsc-test-tracefs";
 const TRUE: &str = "/bin/true";
@@ -162,7 +164,7 @@ fn markers_and_execs_decode_exactly() {
     if !common::privileged("markers_and_execs_decode_exactly") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::take_turn(Resource::Tracing);
     const MARKERS: usize = 500;
     const EXECS: usize = 25;
     let instance = Instance::create(&options(&["sched:sched_process_exec"])).unwrap();
@@ -300,15 +302,8 @@ fn trace_cmd_report_reads_the_same_pages_the_same_way() {
     if !common::privileged("trace_cmd_report_reads_the_same_pages_the_same_way") {
         return;
     }
-    if which::which("trace-cmd").is_err() {
-        assert!(
-            std::env::var_os(common::REQUIRE_PRIVILEGED).is_none(),
-            "trace-cmd is missing (cargo xtask test installs it)"
-        );
-        eprintln!("*** SKIPPED: trace-cmd is not installed ***");
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let trace_cmd = common::require_tool("trace-cmd");
+    let _turn = common::take_turn(Resource::Tracing);
     let events = [
         "sched:sched_process_exec",
         "sched:sched_switch",
@@ -322,7 +317,7 @@ fn trace_cmd_report_reads_the_same_pages_the_same_way() {
     trace_dat(&instance, &rec.pages, &file);
 
     // trace-cmd report only reads the file; it touches no tracefs.
-    let out = Command::new("trace-cmd")
+    let out = Command::new(&trace_cmd)
         .args(["report", "-t", "-R", "-i"])
         .arg(&file)
         .output()
@@ -362,7 +357,7 @@ fn instances_are_removed_on_every_way_out() {
     if !common::privileged("instances_are_removed_on_every_way_out") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::take_turn(Resource::Tracing);
     let tracefs = Tracefs::find().unwrap();
 
     // An unknown event is refused by name before anything is created.
@@ -421,7 +416,7 @@ fn accessors_describe_the_instance() {
     if !common::privileged("accessors_describe_the_instance") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::take_turn(Resource::Tracing);
     let mut opts = options(&["sched:sched_switch"]);
     opts.buffer_size_kb = Some(256);
     let instance = Instance::create(&opts).unwrap();

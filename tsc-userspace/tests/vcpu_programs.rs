@@ -10,7 +10,7 @@ use tsc_userspace::{
     btf::KvmLayout,
     ebpf::{LoadOptions, Programs, VcpuPrograms, VcpuStatus, VcpuTracepoints},
     kvm::Debugfs,
-    offsets::boundary::{EdgeTracker, Record},
+    offsets::boundary::{BoundaryTracker, Record},
     vmm::Vm,
 };
 
@@ -149,7 +149,7 @@ fn programs_run_for_real_on_a_stand_in_tracepoint() {
     assert_eq!((entry.seq, entry.reason()), (2, entry_reason::AFTER_CHANGE));
     assert!(entry.entry_ns >= write.ktime_ns);
 
-    let mut edges = EdgeTracker::default();
+    let mut edges = BoundaryTracker::default();
     let edge = records
         .iter()
         .map(|r| edges.apply(r.key(), &r.boundary()))

@@ -68,15 +68,7 @@ impl TraceInstance {
 impl Drop for TraceInstance {
     fn drop(&mut self) {
         let _ = fs::write(self.enable_file(), "0");
-        // rmdir can briefly see the instance busy (EBUSY) right after use.
-        for _ in 0..20 {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(e) => eprintln!("removing {}: {e}; retrying", self.path.display()),
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        eprintln!("*** left {} behind: remove it by hand", self.path.display());
+        common::remove_instance_dir(&self.path);
     }
 }
 

@@ -22,8 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing (nightly rust-src, bpf-linker, trace-cmd) and
-    /// mount tracefs, debugfs and bpffs. Idempotent.
+    /// Install what is missing (nightly rust-src, bpf-linker, and the tools
+    /// the tests run: trace-cmd, bpftool) and mount tracefs, debugfs and
+    /// bpffs. Idempotent.
     Setup,
     /// Setup, then build `target/release/tsc-tracer` with the eBPF object embedded.
     Build,
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Setup => setup::all().map(|()| ExitCode::SUCCESS),
+        Command::Setup => setup::with_test_tools().map(|()| ExitCode::SUCCESS),
         Command::Build => {
             setup::all()?;
             build_release()?;

@@ -25,22 +25,33 @@ pub fn all() -> Result<()> {
     mounts()
 }
 
-/// What the tests need on top of `all`.
-pub fn for_tests() -> Result<()> {
+/// The programs the integration tests run, as (program, Debian package).
+/// A test that needs one fails, naming `cargo xtask setup`, when it is
+/// missing; no test installs anything.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    // `trace-cmd report` reads the trace.dat files we write (tests/tracefs.rs).
+    ("trace-cmd", "trace-cmd"),
+    // `bpftool btf dump` checks the BTF resolver (tests/btf.rs).
+    ("bpftool", "bpftool"),
+    // KernelShark opens recordings (tests/record_kernelshark.rs) under a
+    // virtual X server, driven by xdotool; `import` (ImageMagick) takes
+    // the screenshot in docs/.
+    ("kernelshark", "kernelshark"),
+    ("Xvfb", "xvfb"),
+    ("xdotool", "xdotool"),
+    ("import", "imagemagick"),
+];
+
+/// What `cargo xtask setup` does: `all`, plus the programs the tests run.
+pub fn with_test_tools() -> Result<()> {
     all()?;
-    debian_package("trace-cmd", "trace-cmd")?;
-    recording_viewers()?;
-    cargo_fuzz()
+    debian_packages(TEST_TOOLS)
 }
 
-/// What the recording tests open recordings with: KernelShark, under a
-/// virtual X server (Xvfb), driven by `xdotool`; `import` (ImageMagick)
-/// takes the screenshots in docs/.
-fn recording_viewers() -> Result<()> {
-    debian_package("kernelshark", "kernelshark")?;
-    debian_package("Xvfb", "xvfb")?;
-    debian_package("xdotool", "xdotool")?;
-    debian_package("import", "imagemagick")
+/// What `cargo xtask test` needs: `with_test_tools`, plus cargo-fuzz.
+pub fn for_tests() -> Result<()> {
+    with_test_tools()?;
+    cargo_fuzz()
 }
 
 /// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.
@@ -181,11 +192,17 @@ fn mounts() -> Result<()> {
     Ok(())
 }
 
-fn debian_package(binary: &str, package: &str) -> Result<()> {
-    if which::which(binary).is_ok() {
+/// Installs the Debian packages whose program is not found, with one
+/// `apt-get update` first; does nothing when every program is there.
+fn debian_packages(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(program, _)| !installed(program))
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    step(&format!("installing {package} from Debian (apt-get)"));
     let apt = |args: &[&str]| {
         shell::run(
             shell::command("apt-get")
@@ -193,6 +210,22 @@ fn debian_package(binary: &str, package: &str) -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
-    apt(&["update", "-qq"]).context("apt-get update failed")?;
-    apt(&["install", "-y", "-qq", package]).with_context(|| format!("could not install {package}"))
+    step("apt-get update (to install the tools the tests run)");
+    apt(&["update", "-qq"]).context("apt-get update failed (are you root?)")?;
+    step(&format!(
+        "installing {} from Debian (apt-get)",
+        missing.join(", ")
+    ));
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(&missing);
+    apt(&args).with_context(|| format!("could not install {}", missing.join(", ")))
+}
+
+/// Whether `program` is on PATH or in an sbin directory (Debian puts
+/// bpftool in /usr/sbin, which a normal user's PATH lacks).
+fn installed(program: &str) -> bool {
+    which::which(program).is_ok()
+        || ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(program).is_file())
 }

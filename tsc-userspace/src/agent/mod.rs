@@ -113,7 +113,7 @@ pub struct AgentReport {
     /// Page bytes sent.
     pub bytes: u64,
     /// Connections that completed the handshake.
-    pub sessions: u32,
+    pub connections: u32,
 }
 
 /// A set-up agent: its instance exists and is recording.

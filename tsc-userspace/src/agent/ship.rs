@@ -30,7 +30,7 @@ const CMDLINES_EVERY: u32 = 5;
 
 /// Why one connection ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+enum ConnectionError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("{0}")]
@@ -99,10 +99,10 @@ impl Shipper {
     ) -> Result<AgentReport, AgentError> {
         let mut backoff = Backoff::new(self.config.retry);
         loop {
-            let sessions = self.report.sessions;
+            let connections = self.report.connections;
             let err = match self.connect_and_ship(stop, readers).await {
                 Ok(()) => return Ok(self.report),
-                Err(SessionError::Rejected(reason)) => {
+                Err(ConnectionError::Rejected(reason)) => {
                     return Err(AgentError::Rejected {
                         endpoint: self.config.endpoint.clone(),
                         reason,
@@ -110,7 +110,7 @@ impl Shipper {
                 }
                 Err(err) => err,
             };
-            if self.report.sessions > sessions {
+            if self.report.connections > connections {
                 backoff.reset(self.config.retry);
             }
             let why = err.to_string();
@@ -120,7 +120,7 @@ impl Shipper {
             };
             if !again {
                 return Err(match err {
-                    SessionError::Connect(e) => AgentError::Connect(e),
+                    ConnectionError::Connect(e) => AgentError::Connect(e),
                     other => AgentError::Lost {
                         endpoint: self.config.endpoint.clone(),
                         reason: other.to_string(),
@@ -134,7 +134,7 @@ impl Shipper {
         &mut self,
         stop: &CancellationToken,
         readers: &Readers,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), ConnectionError> {
         // Until the handshake is done there is nothing to flush to: a stop
         // just ends the attempt.
         let stream = tokio::select! {
@@ -147,16 +147,16 @@ impl Shipper {
             _ = stop.cancelled() => return Ok(()),
             done = self.handshake(&mut rx, &mut wr) => done?,
         }
-        self.report.sessions += 1;
+        self.report.connections += 1;
         self.ship(&mut rx, &mut wr, stop, readers).await
     }
 
-    async fn handshake(&mut self, rx: &mut Reader, wr: &mut Writer) -> Result<(), SessionError> {
+    async fn handshake(&mut self, rx: &mut Reader, wr: &mut Writer) -> Result<(), ConnectionError> {
         let hello = Frame::Hello(Box::new(hello::with_samples(&self.hello)));
         self.write(wr, &hello).await?;
         let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.next())
             .await
-            .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?;
+            .map_err(|_| ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?;
         match reply {
             Some(Ok(Frame::HelloAck(ack))) => {
                 info!(
@@ -166,7 +166,7 @@ impl Shipper {
                 self.max_body = ack.max_body;
                 Ok(())
             }
-            Some(Ok(Frame::Reject(reason))) => Err(SessionError::Rejected(reason)),
+            Some(Ok(Frame::Reject(reason))) => Err(ConnectionError::Rejected(reason)),
             other => Err(host_ended(other)),
         }
     }
@@ -177,7 +177,7 @@ impl Shipper {
         wr: &mut Writer,
         stop: &CancellationToken,
         readers: &Readers,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), ConnectionError> {
         self.send_cmdlines(wr, true).await?;
         if let Some(page) = self.pending.take() {
             self.send_page(wr, page).await?;
@@ -202,14 +202,14 @@ impl Shipper {
                 }
                 page = self.rx.recv() => match page {
                     Some(page) => self.send_page(wr, page).await?,
-                    None => return Err(SessionError::ReadersGone),
+                    None => return Err(ConnectionError::ReadersGone),
                 },
             }
         }
     }
 
     /// The orderly end: stop recording, send every page left, Bye.
-    async fn finish(&mut self, wr: &mut Writer, readers: &Readers) -> Result<(), SessionError> {
+    async fn finish(&mut self, wr: &mut Writer, readers: &Readers) -> Result<(), ConnectionError> {
         if let Err(e) = self.instance.set_tracing_on(false) {
             warn!("cannot stop recording: {e}");
         }
@@ -228,7 +228,7 @@ impl Shipper {
         Ok(())
     }
 
-    async fn send_page(&mut self, wr: &mut Writer, page: Page) -> Result<(), SessionError> {
+    async fn send_page(&mut self, wr: &mut Writer, page: Page) -> Result<(), ConnectionError> {
         let bytes = page.data.len() as u64;
         let frame = Frame::Page(page);
         // Kept until written, so a reconnection can resend it.
@@ -242,7 +242,7 @@ impl Shipper {
         Ok(())
     }
 
-    async fn keepalive(&mut self, wr: &mut Writer, cmdlines: bool) -> Result<(), SessionError> {
+    async fn keepalive(&mut self, wr: &mut Writer, cmdlines: bool) -> Result<(), ConnectionError> {
         self.write(wr, &Frame::KeepAlive(TscSample::take())).await?;
         self.send_lost(wr).await?;
         if cmdlines {
@@ -252,7 +252,7 @@ impl Shipper {
     }
 
     /// Lost frames for every CPU whose kernel loss count went up.
-    async fn send_lost(&mut self, wr: &mut Writer) -> Result<(), SessionError> {
+    async fn send_lost(&mut self, wr: &mut Writer) -> Result<(), ConnectionError> {
         for cpu in self.hello.cpus.iter().map(|c| c.cpu).collect::<Vec<_>>() {
             let stats = match self.instance.read(&format!("per_cpu/cpu{cpu}/stats")) {
                 Ok(stats) => stats,
@@ -271,7 +271,7 @@ impl Shipper {
     }
 
     /// The guest's `saved_cmdlines`, when it changed (or always if `force`).
-    async fn send_cmdlines(&mut self, wr: &mut Writer, force: bool) -> Result<(), SessionError> {
+    async fn send_cmdlines(&mut self, wr: &mut Writer, force: bool) -> Result<(), ConnectionError> {
         let text = match self.instance.tracefs().read("saved_cmdlines") {
             Ok(text) => text,
             Err(e) => {
@@ -287,7 +287,7 @@ impl Shipper {
     }
 
     /// Writes one frame; a page's bytes go out by a vectored write, uncopied.
-    async fn write(&self, wr: &mut Writer, frame: &Frame) -> Result<(), SessionError> {
+    async fn write(&self, wr: &mut Writer, frame: &Frame) -> Result<(), ConnectionError> {
         let (head, payload) = frame.encode_parts(self.max_body)?;
         write_all(wr, head.chain(payload)).await
     }
@@ -296,20 +296,20 @@ impl Shipper {
 async fn write_all<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut buf: impl Buf,
-) -> Result<(), SessionError> {
+) -> Result<(), ConnectionError> {
     tokio::time::timeout(WRITE_TIMEOUT, wr.write_all_buf(&mut buf))
         .await
-        .map_err(|_| SessionError::WriteTimeout(WRITE_TIMEOUT))??;
+        .map_err(|_| ConnectionError::WriteTimeout(WRITE_TIMEOUT))??;
     Ok(())
 }
 
 /// What a frame (or its absence) from the host means once streaming.
-fn host_ended(frame: Option<Result<Frame, WireError>>) -> SessionError {
+fn host_ended(frame: Option<Result<Frame, WireError>>) -> ConnectionError {
     match frame {
-        None => SessionError::HostClosed,
-        Some(Err(e)) => SessionError::Wire(e),
-        Some(Ok(Frame::Bye(reason))) => SessionError::HostBye(reason),
-        Some(Ok(Frame::Reject(reason))) => SessionError::Rejected(reason),
-        Some(Ok(other)) => SessionError::Unexpected(other.frame_type().name()),
+        None => ConnectionError::HostClosed,
+        Some(Err(e)) => ConnectionError::Wire(e),
+        Some(Ok(Frame::Bye(reason))) => ConnectionError::HostBye(reason),
+        Some(Ok(Frame::Reject(reason))) => ConnectionError::Rejected(reason),
+        Some(Ok(other)) => ConnectionError::Unexpected(other.frame_type().name()),
     }
 }

@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?;
         info!(
             "done: {} pages, {} bytes, {} connection(s)",
-            report.pages, report.bytes, report.sessions
+            report.pages, report.bytes, report.connections
         );
         Ok(ExitCode::SUCCESS)
     })

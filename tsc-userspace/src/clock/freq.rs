@@ -201,6 +201,12 @@ fn perf_time_scale() -> Result<Option<(u32, u16)>, ClockError> {
     Ok((caps & page::CAP_USER_TIME != 0).then_some((mult, shift)))
 }
 
+/// The integration tests' privilege check: one definition for both.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/common/privilege.rs"]
+mod privilege;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,8 +242,7 @@ mod tests {
     #[test]
     fn perf_page_opens_and_any_scale_is_plausible() {
         // perf_event_open needs privilege (perf_event_paranoid) unless root.
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("SKIPPED: perf page test needs root");
+        if !privilege::root("perf_page_opens_and_any_scale_is_plausible") {
             return;
         }
         // Without cap_user_time (a guest on kvm-clock, like this project's

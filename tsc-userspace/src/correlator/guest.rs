@@ -49,6 +49,13 @@ impl Guest {
         })
     }
 
+    /// Host TSC of guest TSC `guest` read on guest CPU `cpu`, with its
+    /// vCPU's current conversion.
+    pub(super) fn host_of(&self, vm: &VmState, cpu: u32, guest: u64) -> Option<u64> {
+        let params = vm.current.get(self.vcpu_of.get(&cpu)?)?;
+        params.host_from_guest(guest).ok()
+    }
+
     /// Converts every event of a page to host time and hands each, in page
     /// order, to `push` (with the sources, whose comm table it updates).
     pub(super) fn convert(

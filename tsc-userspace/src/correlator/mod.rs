@@ -10,7 +10,7 @@
 //! |---|---|
 //! | offset events of the kernel side | [`Correlator::offsets`] |
 //! | an agent's Hello (bind it or refuse it) | [`Correlator::admit`] |
-//! | a guest page / keep-alive / lost count / bye | [`Correlator::guest_page`], [`Correlator::guest_alive`], [`Correlator::guest_lost`], [`Correlator::guest_closed`] |
+//! | a guest page / drained CPU / keep-alive / lost count / bye | [`Correlator::guest_page`], [`Correlator::guest_drained`], [`Correlator::guest_alive`], [`Correlator::guest_lost`], [`Correlator::guest_closed`] |
 //! | a host page, a host read that found a CPU empty | [`Correlator::host_page`], [`Correlator::host_read`] |
 //! | time passing | [`Correlator::release`] |
 //! | the end | [`Correlator::finish`] |
@@ -247,6 +247,22 @@ impl Correlator {
         for (cpu, host) in guest.hosts_of(vm, guest_tsc) {
             self.merger
                 .advance(guest.source, cpu, host.saturating_sub(lag));
+        }
+    }
+
+    /// An exact watermark (protocol version 2): guest CPU `cpu`'s buffer was
+    /// read empty when guest CPU `tsc_cpu`'s TSC read `guest_tsc`, after
+    /// every page sent before. Nothing older will come from `cpu`, so its
+    /// stream stops holding the merge back up to there at once.
+    pub fn guest_drained(&mut self, conn: ConnId, cpu: u32, tsc_cpu: u32, guest_tsc: u64) {
+        let Some(guest) = self.guests.get(&conn) else {
+            return;
+        };
+        let Some(vm) = self.vms.get(guest.binding.pid) else {
+            return;
+        };
+        if let Some(host) = guest.host_of(vm, tsc_cpu, guest_tsc) {
+            self.merger.advance(guest.source, cpu, host);
         }
     }
 

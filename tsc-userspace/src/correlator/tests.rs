@@ -10,7 +10,7 @@ use super::{guest::place, vms::Vms};
 use crate::{
     Flags,
     clock::{Clock, Sample},
-    offsets::{EventKind, OffsetEvent, Source},
+    offsets::{EventKind, OffsetEvent, OffsetSource},
     timeline::StreamCursor,
 };
 
@@ -56,12 +56,12 @@ fn event(
         effective_offset: effective,
         ratio: None,
         frac_bits: None,
-        source: Some(Source::Tracepoint),
+        source: Some(OffsetSource::Tracepoint),
         seq: Some(seq),
         prev: None,
         changes: Some(seq),
-        epoch_start_ns: at_ns,
-        prev_epoch_end_ns: at_ns,
+        new_start_ns: at_ns,
+        old_end_ns: at_ns,
     }
 }
 

@@ -77,15 +77,15 @@ impl Vms {
         let at = |ns: Option<u64>| ns.map(|ns| clock.ns_to_tsc(ns));
         let result = match event.event {
             EventKind::Snapshot => timeline.bootstrap(params).map(drop),
-            EventKind::Entry => match at(event.epoch_start_ns) {
+            EventKind::Entry => match at(event.new_start_ns) {
                 Some(start) => timeline.first_entry(start, params).map(drop),
                 None => Ok(()),
             },
             _ => {
                 let change = OffsetChange {
-                    at: at(event.epoch_start_ns).unwrap_or(now),
+                    new_start: at(event.new_start_ns).unwrap_or(now),
                     params,
-                    last_exit: at(event.prev_epoch_end_ns),
+                    old_end: at(event.old_end_ns),
                 };
                 timeline.offset_change(change).map(drop)
             }

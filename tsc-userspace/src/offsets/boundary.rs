@@ -8,10 +8,10 @@
 //! - `kvm_entry` ([`Record::Entry`]): the first entry after the change (or
 //!   the first entry ever seen), with the offset and ratio the vCPU holds.
 //!
-//! [`EpochBoundary`] is what one record says, in CLOCK_MONOTONIC ns, shaped
+//! [`BoundaryRecord`] is what one record says, in CLOCK_MONOTONIC ns, shaped
 //! after the epoch timeline's inputs (an offset change with an optional last
 //! exit; a first entry with the parameters in force), so feeding a timeline
-//! is a clock conversion away. [`EdgeTracker`] pairs them per vCPU into the
+//! is a clock conversion away. [`BoundaryTracker`] pairs them per vCPU into the
 //! boundary between two epochs, refined when the entry arrives.
 
 use std::collections::BTreeMap;
@@ -52,15 +52,15 @@ impl Record {
     }
 
     /// The epoch boundary it marks.
-    pub fn boundary(&self) -> EpochBoundary {
+    pub fn boundary(&self) -> BoundaryRecord {
         match *self {
-            Self::Write(r) => EpochBoundary::Change {
+            Self::Write(r) => BoundaryRecord::Change {
                 seq: r.seq,
                 at_ns: r.ktime_ns,
                 last_exit_ns: known(r.last_exit_ns),
                 offset: r.next as i64,
             },
-            Self::Entry(r) => EpochBoundary::Entry {
+            Self::Entry(r) => BoundaryRecord::Entry {
                 seq: r.seq,
                 at_ns: r.entry_ns,
                 last_exit_ns: known(r.last_exit_ns),
@@ -90,7 +90,7 @@ fn known(ns: u64) -> Option<u64> {
 /// What one record says about a vCPU's epochs (times in CLOCK_MONOTONIC ns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "boundary", rename_all = "kebab-case")]
-pub enum EpochBoundary {
+pub enum BoundaryRecord {
     /// The offset was changed at `at_ns`: the epoch in force ends at the
     /// vCPU's last exit before it (`last_exit_ns`, when known) or else at
     /// the change; the next begins no earlier than the change.
@@ -133,7 +133,7 @@ pub fn scaling(ratio: u64, frac_bits: Option<u32>) -> Option<Scaling> {
 
 /// The boundary between two epochs of one vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Edge {
+pub struct Boundary {
     /// The change sequence that starts the new epoch (0: vCPU discovered).
     pub seq: u64,
     /// Where the old epoch ends (exclusive), None for a vCPU discovered at
@@ -153,21 +153,21 @@ pub struct Edge {
 
 /// Pairs each vCPU's change with its first entry after it.
 #[derive(Clone, Debug, Default)]
-pub struct EdgeTracker {
+pub struct BoundaryTracker {
     /// The last edge of each vCPU, awaiting refinement by an entry.
-    pending: BTreeMap<VcpuKey, Edge>,
+    pending: BTreeMap<VcpuKey, Boundary>,
 }
 
-impl EdgeTracker {
+impl BoundaryTracker {
     /// Applies one record; returns the edge it creates or refines.
-    pub fn apply(&mut self, key: VcpuKey, boundary: &EpochBoundary) -> Edge {
+    pub fn apply(&mut self, key: VcpuKey, boundary: &BoundaryRecord) -> Boundary {
         let edge = match *boundary {
-            EpochBoundary::Change {
+            BoundaryRecord::Change {
                 seq,
                 at_ns,
                 last_exit_ns,
                 offset,
-            } => Edge {
+            } => Boundary {
                 seq,
                 old_end_ns: Some(last_exit_ns.filter(|&e| e <= at_ns).unwrap_or(at_ns)),
                 new_start_ns: at_ns,
@@ -176,7 +176,7 @@ impl EdgeTracker {
                 ratio: None,
                 exact: false,
             },
-            EpochBoundary::Entry {
+            BoundaryRecord::Entry {
                 seq,
                 at_ns,
                 last_exit_ns,
@@ -190,7 +190,7 @@ impl EdgeTracker {
                     (Some(change), None) => change.old_end_ns,
                     (None, None) => None,
                 };
-                Edge {
+                Boundary {
                     seq,
                     old_end_ns,
                     new_start_ns: at_ns,

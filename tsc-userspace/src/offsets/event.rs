@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Source, VmEntry};
+use super::{OffsetSource, VmEntry};
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -44,7 +44,7 @@ pub struct OffsetEvent {
     /// Fraction bits of `ratio`.
     pub frac_bits: Option<u32>,
     /// Where `offset` came from.
-    pub source: Option<Source>,
+    pub source: Option<OffsetSource>,
     /// Kernel per-vCPU sequence number of the change (0: none seen).
     pub seq: Option<u64>,
     /// Offset before the change (for `change`).
@@ -54,18 +54,18 @@ pub struct OffsetEvent {
     /// CLOCK_MONOTONIC ns where the epoch this event starts begins: the
     /// change, or the vCPU's first entry after it when `kvm_entry` is followed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub epoch_start_ns: Option<u64>,
+    pub new_start_ns: Option<u64>,
     /// CLOCK_MONOTONIC ns where the previous epoch ended: the vCPU's last
     /// exit before the change when `kvm_exit` is followed, else the change.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prev_epoch_end_ns: Option<u64>,
+    pub old_end_ns: Option<u64>,
 }
 
 impl OffsetEvent {
     /// The same event, placed on the vCPU's epoch boundaries.
-    pub fn with_edge(mut self, edge: &super::boundary::Edge) -> Self {
-        self.epoch_start_ns = Some(edge.new_start_ns);
-        self.prev_epoch_end_ns = edge.old_end_ns;
+    pub fn with_boundary(mut self, edge: &super::boundary::Boundary) -> Self {
+        self.new_start_ns = Some(edge.new_start_ns);
+        self.old_end_ns = edge.old_end_ns;
         self
     }
 
@@ -85,8 +85,8 @@ impl OffsetEvent {
             seq: Some(v.seq),
             prev: v.history.back().map(|c| c.prev),
             changes: Some(v.changes),
-            epoch_start_ns: None,
-            prev_epoch_end_ns: None,
+            new_start_ns: None,
+            old_end_ns: None,
         }
     }
 
@@ -105,8 +105,8 @@ impl OffsetEvent {
             seq: None,
             prev: None,
             changes: None,
-            epoch_start_ns: None,
-            prev_epoch_end_ns: None,
+            new_start_ns: None,
+            old_end_ns: None,
         }
     }
 }

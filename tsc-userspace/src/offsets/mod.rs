@@ -19,7 +19,7 @@ use crate::{kvm::Scaling, process::ProcessId};
 /// Where a value in the table came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Source {
+pub enum OffsetSource {
     /// The `kvm:kvm_write_tsc_offset` tracepoint, through the ring buffer.
     Tracepoint,
     /// KVM's debugfs (`vcpuN/tsc-offset`), for VMs started before us and
@@ -44,7 +44,7 @@ pub struct Change {
     /// CLOCK_MONOTONIC ns when the kernel saw it (0 when unknown).
     pub ktime_ns: u64,
     /// Where the change was learned.
-    pub source: Source,
+    pub source: OffsetSource,
 }
 
 /// What is known of one vCPU.
@@ -55,7 +55,7 @@ pub struct VcpuEntry {
     /// The offset KVM was asked to set last.
     pub offset: i64,
     /// Where `offset` came from.
-    pub source: Source,
+    pub source: OffsetSource,
     /// The offset the guest actually sees, when it could be read.
     pub effective_offset: Option<i64>,
     /// TSC scaling, when the host has it.
@@ -174,7 +174,7 @@ impl OffsetMap {
         let entry = VcpuEntry {
             vcpu_id,
             offset,
-            source: Source::Debugfs,
+            source: OffsetSource::Debugfs,
             effective_offset: Some(offset),
             scaling,
             seq: 0,
@@ -263,7 +263,7 @@ impl OffsetMap {
         let entry = VcpuEntry {
             vcpu_id,
             offset: effective,
-            source: Source::Btf,
+            source: OffsetSource::Btf,
             effective_offset: Some(effective),
             scaling,
             seq: 0,

@@ -16,8 +16,8 @@ use tokio::{io::Interest, io::unix::AsyncFd, sync::mpsc};
 use tsc_common::record::{EntryRecord, OffsetRecord, VcpuKey, VcpuOffset};
 
 use super::{
-    Change, EventKind, OffsetEvent, OffsetMap, Source, Update,
-    boundary::{self, EdgeTracker, Record},
+    Change, EventKind, OffsetEvent, OffsetMap, OffsetSource, Update,
+    boundary::{self, BoundaryTracker, Record},
 };
 use crate::{
     ebpf::{Counters, LoadError, LoadOptions, Logger, Programs},
@@ -88,7 +88,7 @@ pub struct Monitor {
     exits_rx: mpsc::UnboundedReceiver<ProcessId>,
     queue: VecDeque<Pending>,
     ringbuf_full_seen: u64,
-    edges: EdgeTracker,
+    edges: BoundaryTracker,
     /// Fraction bits of the host's TSC scaling ratios, once debugfs showed
     /// them (None: no scaling seen, ratios are taken as unity).
     frac_bits: Option<u32>,
@@ -133,7 +133,7 @@ impl Monitor {
             exits_tx,
             exits_rx,
             queue: VecDeque::new(),
-            edges: EdgeTracker::default(),
+            edges: BoundaryTracker::default(),
             frac_bits: None,
         };
         monitor.bootstrap(&pinned)?;
@@ -250,20 +250,20 @@ impl Monitor {
         }
     }
 
-    fn on_write(&mut self, record: &OffsetRecord, edge: &boundary::Edge) {
+    fn on_write(&mut self, record: &OffsetRecord, edge: &boundary::Boundary) {
         let change = Change {
             seq: record.seq,
             offset: record.next as i64,
             prev: record.prev as i64,
             ktime_ns: record.ktime_ns,
-            source: Source::Tracepoint,
+            source: OffsetSource::Tracepoint,
         };
         self.apply(record.tgid, record.vcpu_id, change, Some(edge));
     }
 
     /// A first entry after a change (or first seen): the vCPU's own offset,
     /// and the exact start of its epoch.
-    fn on_entry(&mut self, record: &EntryRecord, edge: &boundary::Edge) {
+    fn on_entry(&mut self, record: &EntryRecord, edge: &boundary::Boundary) {
         if self.track_vm(record.tgid).is_none() {
             return; // the VMM is gone: its exit is or will be reported
         }
@@ -276,11 +276,11 @@ impl Monitor {
             if warn {
                 warn_not_applied(&event, effective);
             }
-            self.push_ready(event.with_edge(edge));
+            self.push_ready(event.with_boundary(edge));
         }
     }
 
-    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change, edge: Option<&boundary::Edge>) {
+    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change, edge: Option<&boundary::Boundary>) {
         let gone = self.track_vm(pid).is_none();
         if gone {
             // The VMM exited before we could look at it: show the change
@@ -293,7 +293,7 @@ impl Monitor {
             change,
         }) {
             if let Some(edge) = edge {
-                event = event.with_edge(edge);
+                event = event.with_boundary(edge);
             }
             self.queue.push_back(Pending {
                 event,
@@ -411,7 +411,7 @@ fn from_map(value: &VcpuOffset) -> Change {
         offset: value.offset as i64,
         prev: value.prev as i64,
         ktime_ns: value.ktime_ns,
-        source: Source::Map,
+        source: OffsetSource::Map,
     }
 }
 

@@ -13,7 +13,7 @@ fn change(seq: u64, offset: i64, prev: i64) -> Update {
             offset,
             prev,
             ktime_ns: seq * 100,
-            source: Source::Tracepoint,
+            source: OffsetSource::Tracepoint,
         },
     }
 }
@@ -148,7 +148,7 @@ fn bootstrap_then_snapshot_lists_every_vcpu_in_order() {
     let row = &map.snapshot()[2];
     assert_eq!(
         (row.ratio, row.frac_bits, row.source),
-        (Some(3 << 47), Some(48), Some(Source::Debugfs))
+        (Some(3 << 47), Some(48), Some(OffsetSource::Debugfs))
     );
 }
 
@@ -198,7 +198,7 @@ fn entry_discovers_unknown_vcpus_and_corrects_known_ones() {
             Some(7),
             Some(-300),
             Some(-300),
-            Some(Source::Btf),
+            Some(OffsetSource::Btf),
             false
         )
     );

@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, Write},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use bytes::Bytes;
@@ -14,6 +14,12 @@ use crate::{
     merge::{EventData, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
     tracefs::{EventFormat, FormatSet},
 };
+
+/// The integration tests' `SharedBuf`: one definition for both.
+#[allow(dead_code)]
+#[path = "../../tests/common/shared_buf.rs"]
+mod shared_buf;
+use shared_buf::SharedBuf;
 
 const KVM_EXIT: &str = include_str!("testdata/kvm_exit.format");
 const SCHED_SWITCH: &str = include_str!("testdata/sched_switch.format");
@@ -257,7 +263,7 @@ fn render(format: OutputFormat, mode: ClockMode) -> String {
         sources: &f.sources,
         clock: &clock,
     };
-    let out = Shared::default();
+    let out = SharedBuf::default();
     let mut w = writer(format, mode, FlushPolicy::Batch, out.clone());
     for item in &f.items {
         w.write(&ctx, item).expect("write to memory");
@@ -480,28 +486,4 @@ fn a_failed_write_is_reported_and_not_repeated() {
     let text = String::from_utf8_lossy(&w.get_ref().out).into_owned();
     assert_eq!(text.lines().count(), 1);
     assert!(text.contains("sched_switch"));
-}
-
-/// A `Write` whose bytes stay readable after the writer took it.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Shared {
-    fn text(&self) -> String {
-        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8(bytes).expect("output is UTF-8")
-    }
-}
-
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))?
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }

@@ -31,6 +31,16 @@ pub(crate) fn push_hex(buf: &mut Vec<u8>, v: u64) {
 /// Text for a line of text output: UTF-8 kept, control characters and
 /// bytes that are not UTF-8 escaped, so one event stays one line.
 pub(crate) fn push_text(buf: &mut Vec<u8>, bytes: &[u8]) {
+    // Nearly every string a kernel traces (comms, marker text) is printable
+    // ASCII: copied as it is, without the UTF-8 chunking below (a tenth of
+    // the text writer's instructions per event when it was not skipped).
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
+    {
+        buf.extend_from_slice(bytes);
+        return;
+    }
     for chunk in bytes.utf8_chunks() {
         let valid = chunk.valid().as_bytes();
         let mut from = 0;

@@ -123,9 +123,9 @@ pub fn timeline_of(epochs: &[Epoch]) -> Result<VcpuTimeline, TimelineError> {
             (_, start) => {
                 let last_exit = i.checked_sub(1).and_then(|p| epochs[p].host_end);
                 timeline.offset_change(OffsetChange {
-                    at: start.or(last_exit).unwrap_or(0),
+                    new_start: start.or(last_exit).unwrap_or(0),
                     params: e.params,
-                    last_exit,
+                    old_end: last_exit,
                 })?;
             }
         }

@@ -9,9 +9,9 @@ fn unscaled(offset: i64) -> TscParams {
 
 fn change(at: u64, params: TscParams) -> OffsetChange {
     OffsetChange {
-        at,
+        new_start: at,
         params,
-        last_exit: None,
+        old_end: None,
     }
 }
 
@@ -60,9 +60,9 @@ fn known_exits_and_entries_narrow_the_epochs() {
         let params = unscaled(-(at as i64));
         let last_exit = Some(exit);
         tl.offset_change(OffsetChange {
-            at,
+            new_start: at,
             params,
-            last_exit,
+            old_end: last_exit,
         })
         .unwrap();
         assert!(matches!(
@@ -369,7 +369,7 @@ proptest! {
                     let scaled = TscParams::new(0, ratio, 32).unwrap().guest_from_host(now);
                     let params = TscParams::new(value.wrapping_sub(scaled), ratio, 32).unwrap();
                     let last_exit = exit_back.map(|b| now.saturating_sub(b));
-                    tl.offset_change(OffsetChange { at: now, params, last_exit }).unwrap();
+                    tl.offset_change(OffsetChange { new_start: now, params, old_end: last_exit }).unwrap();
                 }
                 Op::Entry { dt } => {
                     if let Some(latest) = tl.latest().copied() {

@@ -6,8 +6,6 @@
 //! declaration (`type name[len]`), offset, size and signedness, and the
 //! declaration alone decides how it decodes ([`FieldKind`]).
 
-use std::collections::HashMap;
-
 /// Errors parsing a format file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
@@ -331,7 +329,11 @@ impl EventFormat {
 /// Formats by event id, for decoding a stream of records.
 #[derive(Debug, Clone, Default)]
 pub struct FormatSet {
-    by_id: HashMap<u16, EventFormat>,
+    /// Indexed by id: every event of a trace looks its format up, and a
+    /// slot index is several times cheaper than hashing (ids are small:
+    /// the kernel numbers events from a few hundred up; at most 2^16 slots).
+    by_id: Vec<Option<Box<EventFormat>>>,
+    count: usize,
     /// Offset and size of `common_type`, the same in every format.
     common_type: Option<(usize, usize)>,
 }
@@ -357,7 +359,13 @@ impl FormatSet {
             Some(known) if known != at => return Err(FormatError::CommonType(event())),
             _ => self.common_type = Some(at),
         }
-        self.by_id.insert(format.id, format);
+        let slot = usize::from(format.id);
+        if self.by_id.len() <= slot {
+            self.by_id.resize_with(slot + 1, || None);
+        }
+        if self.by_id[slot].replace(Box::new(format)).is_none() {
+            self.count += 1;
+        }
         Ok(())
     }
 
@@ -371,29 +379,27 @@ impl FormatSet {
 
     /// The format with this id.
     pub fn get(&self, id: u16) -> Option<&EventFormat> {
-        self.by_id.get(&id)
+        self.by_id.get(usize::from(id))?.as_deref()
     }
 
     /// The format of `system:name`.
     pub fn find(&self, system: &str, name: &str) -> Option<&EventFormat> {
-        self.by_id
-            .values()
-            .find(|f| f.system == system && f.name == name)
+        self.iter().find(|f| f.system == system && f.name == name)
     }
 
-    /// All formats, in no particular order.
+    /// All formats, by id.
     pub fn iter(&self) -> impl Iterator<Item = &EventFormat> {
-        self.by_id.values()
+        self.by_id.iter().filter_map(|f| f.as_deref())
     }
 
     /// Number of formats.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.count
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.count == 0
     }
 
     /// The event id of a record payload (its `common_type`), if it has one.

@@ -438,3 +438,50 @@ fn the_merge_waits_for_every_host_cpu_read_and_every_guest_cpu() {
         Some(("host", 30_000))
     );
 }
+
+#[test]
+fn a_drained_cpu_releases_the_merge_exactly_up_to_its_watermark() {
+    let mut c = correlator(
+        vec![VmSpec {
+            pid: 100,
+            name: None,
+        }],
+        vec![0],
+    );
+    // vCPU 1 runs 1000 ticks behind vCPU 0 (the guest wrote one TSC).
+    offsets(
+        &mut c,
+        &[
+            change(100, 0, 0, -1_000, -1_000, 0),
+            change(100, 1, 0, -2_000, -2_000, 0),
+        ],
+    );
+    let info = connection(1, "g", &[0, 1], 9_000, 10_000);
+    c.admit(&info).unwrap();
+    let mut out = Collect::default();
+    c.host_page(0, &host_page(&[30_000, 30_600]), &mut out)
+        .unwrap();
+    c.host_read(40_000);
+    c.guest_page(&page(&info, 0, &[(29_500, 1)]), &mut out)
+        .unwrap();
+    let now = 50_000;
+    c.release(now, &mut out).unwrap();
+    assert!(out.0.is_empty(), "guest CPU 1 has promised nothing");
+    // CPU 1 read empty at guest TSC 28_500 of CPU 1 (host 30_500); CPU 0
+    // promised 30_500 by its last event.
+    c.guest_drained(1, 1, 1, 28_500);
+    c.release(now, &mut out).unwrap();
+    assert_eq!(
+        out.0.iter().map(|o| o.host_tsc).collect::<Vec<_>>(),
+        [30_000, 30_500],
+        "up to host 30_500 exactly: the host event at 30_600 waits"
+    );
+    // The same reading taken on CPU 0 means host 29_500: no further.
+    c.guest_drained(1, 1, 0, 28_500);
+    c.release(now, &mut out).unwrap();
+    assert_eq!(out.0.len(), 2);
+    c.guest_drained(1, 0, 0, 40_000);
+    c.guest_drained(1, 1, 1, 40_000);
+    c.release(now, &mut out).unwrap();
+    assert_eq!(out.0.last().map(|o| o.host_tsc), Some(30_600));
+}

@@ -98,9 +98,9 @@ impl Kernel {
     }
 }
 
-fn edges(events: &[Event]) -> Vec<Edge> {
+fn edges(events: &[Event]) -> Vec<Boundary> {
     let records = Kernel::default().run(KEY, events);
-    let mut tracker = EdgeTracker::default();
+    let mut tracker = BoundaryTracker::default();
     records
         .iter()
         .map(|r| {
@@ -141,7 +141,7 @@ fn creation_then_run_gives_one_exact_edge_at_the_first_entry() {
     );
     assert_eq!(
         got[1],
-        Edge {
+        Boundary {
             seq: 1,
             old_end_ns: Some(100),
             new_start_ns: 200,
@@ -187,7 +187,7 @@ fn change_while_running_ends_at_last_exit_and_starts_at_next_entry() {
     );
     assert_eq!(
         got[3],
-        Edge {
+        Boundary {
             seq: 2,
             old_end_ns: Some(40),
             new_start_ns: 70,
@@ -238,7 +238,7 @@ fn boundary_carries_reason_and_unknown_exit() {
     });
     assert!(matches!(
         entry.boundary(),
-        EpochBoundary::Entry {
+        BoundaryRecord::Entry {
             first_seen: true,
             last_exit_ns: None,
             at_ns: 9,
