@@ -2,6 +2,11 @@
 //! it forwards K events/s (trace_marker writes into its instance) to an
 //! in-process ingest, reported as CPU per 100k events/s.
 //!
+//! The agent runs with its default options (only its events are narrowed
+//! to one that stays quiet, so the markers are what it carries).
+//! `AGENT_BIN` runs another build of `tsc-tracer` (to compare before and
+//! after a change).
+//!
 //! Needs root (tracefs). Run: `cargo bench -p tsc-userspace --bench agent_cpu`.
 
 use std::{
@@ -85,19 +90,15 @@ async fn measure(rate: u64) {
     let SockAddr::Tcp(addr) = ingest.local_addrs()[0] else {
         unreachable!()
     };
-    let agent = Command::new(env!("CARGO_BIN_EXE_tsc-tracer"))
+    let bin = std::env::var("AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_tsc-tracer").into());
+    let agent = Command::new(bin)
         .args([
             "-q",
             "agent",
             "--connect",
             &format!("tcp:127.0.0.1:{}", addr.port()),
         ])
-        .args([
-            "--events",
-            "sched:sched_process_exec",
-            "--buffer-kb",
-            "8192",
-        ])
+        .args(["--events", "sched:sched_process_exec"])
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();

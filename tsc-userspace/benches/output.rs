@@ -1,7 +1,8 @@
-//! Events/s through the text and JSON writers (fields decoded, lines built,
-//! written to `io::sink()` in batches), on real formats: a mix of
-//! `kvm:kvm_exit`, `sched:sched_switch`, `sched:sched_wakeup` and
-//! `ftrace:print` from a host and a guest.
+//! Events/s through the text, JSON and Perfetto writers (fields decoded,
+//! lines or packets built, written to `io::sink()` in batches), on real
+//! formats: a mix of `kvm:kvm_exit`, `sched:sched_switch`,
+//! `sched:sched_wakeup` and `ftrace:print` from a host and a guest. Also
+//! prints each writer's bytes per event.
 //!
 //! `cargo bench -p tsc-userspace --bench output`
 
@@ -12,7 +13,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tsc_userspace::{
     Flags,
     merge::{EventData, MergeItem, SourceId, SourceInfo, SourceKind, Sources},
-    output::{ClockMode, EventWriter, FlushPolicy, JsonWriter, TextWriter, WriteContext},
+    output::{
+        ClockMode, EventWriter, FlushPolicy, JsonWriter, PerfettoWriter, TextWriter, WriteContext,
+    },
     tracefs::FormatSet,
 };
 
@@ -79,6 +82,7 @@ fn fixture() -> (Sources, Vec<MergeItem>) {
                 kind,
                 name: "bench".into(),
                 formats: set.clone(),
+                kernel_release: None,
             })
             .expect("id")
     };
@@ -128,17 +132,57 @@ fn run(w: &mut dyn EventWriter, ctx: &WriteContext<'_>, items: &[MergeItem]) {
 fn bench(c: &mut Criterion) {
     let (sources, items) = fixture();
     let clock = |tsc: u64| tsc / 3;
+    let boot = |tsc: u64| tsc / 3 + 1_000_000;
     let ctx = WriteContext {
         sources: &sources,
         clock: &clock,
+        boottime: Some(&boot),
     };
+    bytes_per_event(&ctx, &items);
     let mut group = c.benchmark_group("output");
     group.throughput(Throughput::Elements(items.len() as u64));
     let mut text = TextWriter::new(io::sink(), ClockMode::Ns, FlushPolicy::Batch);
     group.bench_function("text_ns", |b| b.iter(|| run(&mut text, &ctx, &items)));
     let mut json = JsonWriter::new(io::sink(), FlushPolicy::Batch);
     group.bench_function("json", |b| b.iter(|| run(&mut json, &ctx, &items)));
+    let mut perfetto = PerfettoWriter::new(io::sink(), FlushPolicy::Batch);
+    group.bench_function("perfetto", |b| b.iter(|| run(&mut perfetto, &ctx, &items)));
     group.finish();
+}
+
+/// Output size of each writer for the fixture, steady state (the second
+/// batch: a Perfetto trace's machine and task packets come once).
+fn bytes_per_event(ctx: &WriteContext<'_>, items: &[MergeItem]) {
+    fn size<W: EventWriter>(
+        w: &mut W,
+        ctx: &WriteContext<'_>,
+        items: &[MergeItem],
+        len: impl Fn(&W) -> usize,
+    ) -> f64 {
+        run(w, ctx, items);
+        let first = len(w);
+        run(w, ctx, items);
+        (len(w) - first) as f64 / items.len() as f64
+    }
+    let text = size(
+        &mut TextWriter::new(Vec::new(), ClockMode::Ns, FlushPolicy::Batch),
+        ctx,
+        items,
+        |w| w.get_ref().len(),
+    );
+    let json = size(
+        &mut JsonWriter::new(Vec::new(), FlushPolicy::Batch),
+        ctx,
+        items,
+        |w| w.get_ref().len(),
+    );
+    let perfetto = size(
+        &mut PerfettoWriter::new(Vec::new(), FlushPolicy::Batch),
+        ctx,
+        items,
+        |w| w.get_ref().len(),
+    );
+    println!("bytes per event: text {text:.1}, json {json:.1}, perfetto {perfetto:.1}");
 }
 
 criterion_group!(benches, bench);

@@ -1,4 +1,6 @@
-//! Host TSC <-> host `CLOCK_MONOTONIC` nanoseconds.
+//! Host TSC <-> host `CLOCK_MONOTONIC` nanoseconds, and host TSC ->
+//! `CLOCK_BOOTTIME` nanoseconds (for Perfetto, which reads ftrace
+//! timestamps as BOOTTIME).
 //!
 //! # Method, and why
 //!
@@ -31,6 +33,14 @@
 //! ppb and the error stays within tens of nanoseconds with a refresh every
 //! second or so. The privileged test `tests/clock.rs` measures it against
 //! the kernel's own `mono` trace clock.
+//!
+//! `CLOCK_BOOTTIME` is MONOTONIC plus the time the machine was suspended:
+//! the same rate, a different zero that jumps on resume. It gets its own
+//! line, calibrated, refreshed and checked exactly like MONOTONIC's (paired
+//! `rdtsc`/`clock_gettime(CLOCK_BOOTTIME)`/`rdtsc` samples, its rate
+//! measured, never derived from MONOTONIC's), so a resume is picked up by
+//! the next refresh rather than assumed away. `tests/clock.rs` measures it
+//! against the kernel's `boot` trace clock the same way.
 //!
 //! Conversions are integer: `ns = anchor_ns + ((tsc - anchor_tsc) * mult) >> 40`,
 //! rounding down; [`Clock::ns_to_tsc`] returns the first TSC at or after a
@@ -82,22 +92,46 @@ pub enum ClockError {
     /// The TSC did not advance during calibration, or implausibly.
     #[error("TSC calibration failed: {0}")]
     Calibration(String),
-    /// `clock_gettime(CLOCK_MONOTONIC)` failed.
-    #[error("clock_gettime(CLOCK_MONOTONIC): {0}")]
+    /// `clock_gettime` (of `CLOCK_MONOTONIC`, `_RAW` or `CLOCK_BOOTTIME`) failed.
+    #[error("clock_gettime: {0}")]
     ClockGettime(io::Error),
     /// No sample was taken.
     #[error("no TSC/clock sample could be taken")]
     NoSample,
 }
 
-/// Converts host TSC values to `CLOCK_MONOTONIC` nanoseconds and back.
+/// Converts host TSC values to `CLOCK_MONOTONIC` nanoseconds and back, and
+/// to `CLOCK_BOOTTIME` nanoseconds ([`Clock::tsc_to_boottime_ns`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
+    mono: Line,
+    boot: Line,
+    tsc_khz: u64,
+    source: FreqSource,
+}
+
+/// The TSC against one kernel clock: an anchor sample, the sample the rate
+/// was last measured from, and that rate.
+#[derive(Clone, Copy, Debug)]
+struct Line {
     anchor: Sample,
     rate_base: Sample,
     mult: u64,
-    tsc_khz: u64,
-    source: FreqSource,
+}
+
+impl Line {
+    fn tsc_to_ns(&self, tsc: u64) -> u64 {
+        let delta = tsc.wrapping_sub(self.anchor.tsc) as i64 as i128;
+        let ns = self.anchor.ns as i128 + ((delta * self.mult as i128) >> SHIFT);
+        ns.clamp(0, u64::MAX as i128) as u64
+    }
+
+    fn ns_to_tsc(&self, ns: u64) -> u64 {
+        let scaled = (ns as i128 - self.anchor.ns as i128) << SHIFT;
+        let mult = self.mult as i128;
+        let ticks = scaled.div_euclid(mult) + i128::from(scaled.rem_euclid(mult) != 0);
+        (self.anchor.tsc as i128 + ticks).clamp(0, u64::MAX as i128) as u64
+    }
 }
 
 /// `ns << SHIFT / ticks`, the multiplier of a rate measured between two samples.
@@ -116,16 +150,19 @@ fn measured_khz(from: &Sample, to: &Sample) -> Option<u64> {
 
 impl Clock {
     /// Reads (or measures) the TSC frequency and measures the TSC rate
-    /// against `CLOCK_MONOTONIC` over [`CALIBRATION_SPAN`].
+    /// against `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` over
+    /// [`CALIBRATION_SPAN`].
     pub fn calibrate() -> Result<Self, ClockError> {
         let stated = freq::stated_tsc_khz()?;
-        let (mono0, raw0) = (
+        let (mono0, boot0, raw0) = (
             sample::take(Against::Monotonic, TRIES)?,
+            sample::take(Against::Boottime, TRIES)?,
             sample::take(Against::MonotonicRaw, TRIES)?,
         );
         std::thread::sleep(CALIBRATION_SPAN);
-        let (raw1, mono1) = (
+        let (raw1, boot1, mono1) = (
             sample::take(Against::MonotonicRaw, TRIES)?,
+            sample::take(Against::Boottime, TRIES)?,
             sample::take(Against::Monotonic, TRIES)?,
         );
         let (tsc_khz, source) = match stated {
@@ -136,59 +173,81 @@ impl Clock {
                 (khz, FreqSource::Measured)
             }
         };
-        let mult =
-            measured_mult(&mono0, &mono1).ok_or_else(|| calibration("the TSC did not advance"))?;
+        let line = |from: Sample, to: Sample| {
+            measured_mult(&from, &to)
+                .map(|mult| Line {
+                    anchor: to,
+                    rate_base: from,
+                    mult,
+                })
+                .ok_or_else(|| calibration("the TSC did not advance"))
+        };
         let clock = Self {
-            anchor: mono1,
-            rate_base: mono0,
-            mult,
+            mono: line(mono0, mono1)?,
+            boot: line(boot0, boot1)?,
             tsc_khz,
             source,
         };
-        if !clock.plausible(mult) {
-            return Err(calibration(&format!(
-                "TSC runs {} ppb off {tsc_khz} kHz against CLOCK_MONOTONIC",
-                clock.rate_ppb()
-            )));
+        for (line, name) in [(&clock.mono, "MONOTONIC"), (&clock.boot, "BOOTTIME")] {
+            if !clock.plausible(line.mult) {
+                return Err(calibration(&format!(
+                    "TSC runs {} ppb off {tsc_khz} kHz against CLOCK_{name}",
+                    clock.ppb(line.mult)
+                )));
+            }
         }
-        tracing::debug!(tsc_khz, ?source, rate_ppb = clock.rate_ppb(), anchor = ?mono1, "TSC clock calibrated");
+        tracing::debug!(tsc_khz, ?source, rate_ppb = clock.rate_ppb(), anchor = ?mono1, boot_anchor = ?boot1, "TSC clock calibrated");
         Ok(clock)
     }
 
     /// A clock that runs at exactly `tsc_khz` from `anchor`, with nothing
     /// measured: for replaying recorded inputs and for tests, where a
-    /// conversion must not depend on the machine.
+    /// conversion must not depend on the machine. Its BOOTTIME is its
+    /// MONOTONIC (same anchor).
     pub fn fixed(anchor: Sample, tsc_khz: u64) -> Self {
-        let mut clock = Self {
+        let line = Line {
             anchor,
             rate_base: anchor,
             mult: 0,
+        };
+        let mut clock = Self {
+            mono: line,
+            boot: line,
             tsc_khz: tsc_khz.max(1),
             source: FreqSource::Given,
         };
-        clock.mult = clock.nominal_mult() as u64;
+        let mult = clock.nominal_mult() as u64;
+        clock.mono.mult = mult;
+        clock.boot.mult = mult;
         clock
     }
 
-    /// Re-anchors on a new sample, and re-measures the rate from a base at
+    /// Re-anchors on new samples, and re-measures the rates from bases at
     /// least half a second old. Call it every second or so.
     pub fn refresh(&mut self) -> Result<(), ClockError> {
         let now = sample::take(Against::Monotonic, TRIES)?;
-        let span = now.ns.saturating_sub(self.rate_base.ns);
+        let boot = sample::take(Against::Boottime, TRIES)?;
+        self.mono = self.refreshed(self.mono, now, "MONOTONIC");
+        self.boot = self.refreshed(self.boot, boot, "BOOTTIME");
+        Ok(())
+    }
+
+    fn refreshed(&self, mut line: Line, now: Sample, name: &str) -> Line {
+        let span = now.ns.saturating_sub(line.rate_base.ns);
         if span >= MIN_RATE_SPAN_NS {
-            match measured_mult(&self.rate_base, &now) {
-                Some(mult) if self.plausible(mult) => self.mult = mult,
+            match measured_mult(&line.rate_base, &now) {
+                Some(mult) if self.plausible(mult) => line.mult = mult,
                 _ => tracing::warn!(
-                    ?now, base = ?self.rate_base,
-                    "TSC rate against CLOCK_MONOTONIC is implausible; keeping the previous one"
+                    ?now, base = ?line.rate_base,
+                    "TSC rate against CLOCK_{name} is implausible; keeping the previous one"
                 ),
             }
             if span >= RATE_BASE_SPAN.as_nanos() as u64 {
-                self.rate_base = now;
+                line.rate_base = now;
             }
         }
-        self.anchor = now;
-        Ok(())
+        line.anchor = now;
+        line
     }
 
     fn nominal_mult(&self) -> u128 {
@@ -203,17 +262,23 @@ impl Clock {
     /// `CLOCK_MONOTONIC` nanoseconds at host TSC `tsc` (saturating at 0 and
     /// `u64::MAX`).
     pub fn tsc_to_ns(&self, tsc: u64) -> u64 {
-        let delta = tsc.wrapping_sub(self.anchor.tsc) as i64 as i128;
-        let ns = self.anchor.ns as i128 + ((delta * self.mult as i128) >> SHIFT);
-        ns.clamp(0, u64::MAX as i128) as u64
+        self.mono.tsc_to_ns(tsc)
     }
 
     /// The first host TSC at which `CLOCK_MONOTONIC` reads `ns` or later.
     pub fn ns_to_tsc(&self, ns: u64) -> u64 {
-        let scaled = (ns as i128 - self.anchor.ns as i128) << SHIFT;
-        let mult = self.mult as i128;
-        let ticks = scaled.div_euclid(mult) + i128::from(scaled.rem_euclid(mult) != 0);
-        (self.anchor.tsc as i128 + ticks).clamp(0, u64::MAX as i128) as u64
+        self.mono.ns_to_tsc(ns)
+    }
+
+    /// `CLOCK_BOOTTIME` nanoseconds at host TSC `tsc` (saturating), from
+    /// its own paired samples: the clock Perfetto reads ftrace timestamps as.
+    pub fn tsc_to_boottime_ns(&self, tsc: u64) -> u64 {
+        self.boot.tsc_to_ns(tsc)
+    }
+
+    /// The first host TSC at which `CLOCK_BOOTTIME` reads `ns` or later.
+    pub fn boottime_ns_to_tsc(&self, ns: u64) -> u64 {
+        self.boot.ns_to_tsc(ns)
     }
 
     /// The TSC frequency in kHz, as the kernel has it.
@@ -226,16 +291,25 @@ impl Clock {
         self.source
     }
 
-    /// The sample conversions are anchored on.
+    /// The sample `CLOCK_MONOTONIC` conversions are anchored on.
     pub fn anchor(&self) -> Sample {
-        self.anchor
+        self.mono.anchor
+    }
+
+    /// The sample `CLOCK_BOOTTIME` conversions are anchored on.
+    pub fn boottime_anchor(&self) -> Sample {
+        self.boot.anchor
     }
 
     /// How much longer a tick is in `CLOCK_MONOTONIC` than `tsc_khz` says,
     /// in parts per billion (NTP's correction plus calibration error).
     pub fn rate_ppb(&self) -> i64 {
+        self.ppb(self.mono.mult)
+    }
+
+    fn ppb(&self, mult: u64) -> i64 {
         let nominal = self.nominal_mult() as i128;
-        ((self.mult as i128 - nominal) * 1_000_000_000 / nominal.max(1)) as i64
+        ((mult as i128 - nominal) * 1_000_000_000 / nominal.max(1)) as i64
     }
 }
 
@@ -243,6 +317,12 @@ impl Clock {
 /// samples, taken now.
 pub fn sample_monotonic(tries: usize) -> Result<Sample, ClockError> {
     sample::take(Against::Monotonic, tries)
+}
+
+/// The tightest of `tries` bracketed (`rdtsc`, `CLOCK_BOOTTIME`, `rdtsc`)
+/// samples, taken now.
+pub fn sample_boottime(tries: usize) -> Result<Sample, ClockError> {
+    sample::take(Against::Boottime, tries)
 }
 
 fn calibration(why: &str) -> ClockError {
@@ -260,10 +340,14 @@ mod tests {
             ns: anchor_ns,
             width: 0,
         };
-        Clock {
+        let line = Line {
             anchor,
             rate_base: anchor,
             mult,
+        };
+        Clock {
+            mono: line,
+            boot: line,
             tsc_khz: khz,
             source: FreqSource::Sysfs,
         }
@@ -319,5 +403,22 @@ mod tests {
         let s = sample::take(Against::Monotonic, 16).unwrap();
         // A self-check only (the method against itself): within 1 us.
         assert!(c.tsc_to_ns(s.tsc).abs_diff(s.ns) < 1_000, "{s:?}");
+        let b = sample::take(Against::Boottime, 16).unwrap();
+        assert!(c.tsc_to_boottime_ns(b.tsc).abs_diff(b.ns) < 1_000, "{b:?}");
+        assert_eq!(
+            c.tsc_to_boottime_ns(c.boottime_anchor().tsc),
+            c.boottime_anchor().ns
+        );
+    }
+
+    #[test]
+    fn boottime_is_its_own_line() {
+        // Same rate, BOOTTIME 5 s ahead (a suspended machine): each converts
+        // with its own anchor.
+        let mut c = clock(1_000_000, 1_000_000, 2_000_000);
+        c.boot.anchor.ns += 5_000_000_000;
+        assert_eq!(c.tsc_to_ns(1_002_000), 1_001_000);
+        assert_eq!(c.tsc_to_boottime_ns(1_002_000), 5_001_001_000);
+        assert_eq!(c.boottime_ns_to_tsc(5_001_001_000), 1_002_000);
     }
 }

@@ -144,6 +144,26 @@ impl Debugfs {
         Ok(vcpus)
     }
 
+    /// The host threads running process `pid`'s vCPUs, as `(vcpu_id, tid)`
+    /// from each `vcpuN/pid`, sorted by vCPU id; empty when there are none
+    /// or debugfs cannot say (best effort: it names, never converts).
+    pub fn vcpu_threads(&self, pid: u32) -> Vec<(u32, i32)> {
+        let mut threads: Vec<(u32, i32)> = self
+            .vms_of(pid)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|vm| fs::read_dir(&vm.path).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter_map(|e| {
+                let vcpu = e.file_name().to_str()?.strip_prefix("vcpu")?.parse().ok()?;
+                let tid = fs::read_to_string(e.path().join("pid")).ok()?;
+                Some((vcpu, tid.trim().parse().ok()?))
+            })
+            .collect();
+        threads.sort_unstable();
+        threads
+    }
+
     /// One vCPU of process `pid`, searching each of its VMs.
     pub fn vcpu(&self, pid: u32, vcpu_id: u32) -> Result<VcpuState, KvmError> {
         for vm in self.vms_of(pid)? {

@@ -88,6 +88,10 @@ struct Collected {
     backwards: Vec<(u32, u64, u64)>,
     events: usize,
     bye: Option<String>,
+    /// Highest watermark per CPU so far (Drained), and the events that
+    /// came below their CPU's.
+    marks: HashMap<u32, u64>,
+    below_mark: Vec<(u32, u64, u64)>,
 }
 
 fn collect(c: &mut Collected, item: &IngestItem) {
@@ -100,6 +104,11 @@ fn collect(c: &mut Collected, item: &IngestItem) {
                     c.backwards.push((ev.cpu, *last, ev.tsc));
                 }
                 *last = ev.tsc;
+                if let Some(&mark) = c.marks.get(&ev.cpu)
+                    && ev.tsc < mark
+                {
+                    c.below_mark.push((ev.cpu, mark, ev.tsc));
+                }
                 let fields = ev.fields().expect("every event id is in the Hello");
                 match ev.name() {
                     Some(("ftrace", "print")) => {
@@ -121,6 +130,11 @@ fn collect(c: &mut Collected, item: &IngestItem) {
                 }
             }
         }
+        IngestItem::Drained { cpu, guest_tsc, .. } => {
+            let mark = c.marks.entry(*cpu).or_insert(0);
+            assert!(*guest_tsc > *mark, "watermarks only advance");
+            *mark = *guest_tsc;
+        }
         IngestItem::BadPage { error, .. } => panic!("bad page: {error}"),
         IngestItem::Closed { outcome, .. } => {
             c.bye = Some(outcome.as_ref().map_err(|e| e.to_string()).unwrap().clone());
@@ -139,7 +153,6 @@ async fn the_agent_delivers_a_known_workload_decoded() {
     let config = AgentConfig {
         events: vec!["sched:sched_process_exec".parse().unwrap()],
         retry: 0,
-        flush: Duration::from_millis(100),
         keepalive: Duration::from_millis(200),
         buffer_size_kb: Some(4096),
         ..AgentConfig::new(endpoint)
@@ -209,10 +222,22 @@ async fn the_agent_delivers_a_known_workload_decoded() {
     assert_eq!(markers, (0..MARKERS).collect(), "every marker arrives");
     check_execs(&c, &children);
     assert!(samples >= 1, "keep-alives carry TSC samples");
+    // Every CPU's watermark came, and held: an event below its CPU's
+    // watermark is one whose writing outlasted the margin, which a
+    // watermark sent before its pages would make of nearly every event.
+    let online = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(c.marks.len(), online, "a watermark for every CPU");
+    assert!(
+        c.below_mark.len() * 100 <= c.events,
+        "{} of {} events below their CPU's watermark: {:?}",
+        c.below_mark.len(),
+        c.events,
+        &c.below_mark[..c.below_mark.len().min(5)]
+    );
 
     let info = &infos[0];
     assert_eq!(info.hello.trace_clock, "x86-tsc");
-    let online = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(info.hello.version, tsc_userspace::wire::VERSION);
     assert_eq!(info.hello.cpus.len(), online);
     assert!(!info.hello.samples.is_empty());
     assert!(info.host_tsc_at_hello >= info.hello.samples[0].tsc_after);
@@ -307,6 +332,16 @@ async fn next(ingest: &mut Ingest) -> IngestItem {
         .unwrap()
 }
 
+/// The next item that is not a watermark (they come every flush period).
+async fn next_not_drained(ingest: &mut Ingest) -> IngestItem {
+    loop {
+        match next(ingest).await {
+            IngestItem::Drained { .. } => {}
+            item => return item,
+        }
+    }
+}
+
 /// A TCP relay to `to` whose current connection the test can cut while
 /// the relay keeps listening.
 async fn relay(to: Endpoint) -> (Endpoint, tokio::sync::mpsc::Sender<()>) {
@@ -378,7 +413,7 @@ async fn the_agent_reconnects_when_the_connection_breaks() {
     };
     assert_eq!(conn, first.id);
     assert!(outcome.is_err(), "cut, not a Bye");
-    let IngestItem::Connected(second) = next(&mut ingest).await else {
+    let IngestItem::Connected(second) = next_not_drained(&mut ingest).await else {
         panic!("no reconnection")
     };
     assert_ne!(second.id, first.id);
@@ -395,4 +430,75 @@ async fn the_agent_reconnects_when_the_connection_breaks() {
     }
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.connections, 2);
+}
+
+/// A host that speaks only version 1, as tsc-tracer did before version 2:
+/// it refuses a version 2 Hello the way that build did, and the agent
+/// offers version 1 at once and then sends it nothing of version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_falls_back_to_a_version_1_host() {
+    if !common::privileged("the_agent_falls_back_to_a_version_1_host") {
+        return;
+    }
+    use futures::{SinkExt, StreamExt};
+    use tokio_util::codec::{FramedRead, FramedWrite};
+    use tsc_userspace::wire::{Frame, FrameCodec, HelloAck};
+
+    let _turn = common::take_turn(Resource::Tracing);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port: listener.local_addr().unwrap().port(),
+    };
+    let config = AgentConfig {
+        events: vec!["sched:sched_process_exec".parse().unwrap()],
+        retry: 0,
+        ..AgentConfig::new(endpoint)
+    };
+    let agent = Agent::start(config).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    let mut versions = Vec::new();
+    let mut frames = Vec::new();
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (rd, wr) = stream.into_split();
+        let mut rx = FramedRead::new(rd, FrameCodec::default());
+        let mut tx = FramedWrite::new(wr, FrameCodec::default());
+        let Some(Ok(Frame::Hello(hello))) = rx.next().await else {
+            panic!("no Hello")
+        };
+        versions.push(hello.version);
+        if hello.version != 1 {
+            let reason = format!(
+                "unsupported protocol version {} (this build speaks 1)",
+                hello.version
+            );
+            tx.send(Frame::Reject(reason)).await.unwrap();
+            continue;
+        }
+        let ack = HelloAck {
+            connection_id: 1,
+            max_body: tsc_userspace::wire::DEFAULT_MAX_BODY,
+        };
+        tx.send(Frame::HelloAck(ack)).await.unwrap();
+        // Long enough for many timer reads of every CPU.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(()).unwrap();
+        while let Some(frame) = rx.next().await {
+            let frame = frame.unwrap();
+            let bye = matches!(frame, Frame::Bye(_));
+            frames.push(frame.frame_type().name());
+            if bye {
+                break;
+            }
+        }
+        break;
+    }
+    run.await.unwrap().unwrap();
+    assert_eq!(versions, vec![tsc_userspace::wire::VERSION, 1]);
+    assert_eq!(frames.last(), Some(&"Bye"));
+    assert!(!frames.contains(&"Drained"), "{frames:?}");
 }

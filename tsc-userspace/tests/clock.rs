@@ -2,7 +2,8 @@
 //! by three private tracefs instances enabled in this order: `x86-tsc`,
 //! `mono`, `x86-tsc`. Tracepoint probes run in registration order, so the
 //! kernel reads the TSC, then MONOTONIC, then the TSC again for each event:
-//! the converted TSC pair brackets the kernel's MONOTONIC reading.
+//! the converted TSC pair brackets the kernel's MONOTONIC reading. The same
+//! with the `boot` trace clock measures the CLOCK_BOOTTIME conversion.
 mod common;
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tsc_userspace::clock::{Clock, sample_monotonic};
+use tsc_userspace::clock::{Clock, Sample, sample_boottime, sample_monotonic};
 
 const TRACEFS: &str = "/sys/kernel/tracing/instances";
 const EVENT: &str = "events/syscalls/sys_enter_getppid";
@@ -103,13 +104,45 @@ struct Errors {
 
 const BURST: usize = 4;
 
+/// The kernel clock a run measures the conversion to.
+#[derive(Clone, Copy)]
+enum Target {
+    /// `mono` / `CLOCK_MONOTONIC` / [`Clock::tsc_to_ns`].
+    Mono,
+    /// `boot` / `CLOCK_BOOTTIME` / [`Clock::tsc_to_boottime_ns`].
+    Boot,
+}
+
+impl Target {
+    fn trace_clock(self) -> &'static str {
+        match self {
+            Self::Mono => "mono",
+            Self::Boot => "boot",
+        }
+    }
+
+    fn convert(self, clock: &Clock, tsc: u64) -> u64 {
+        match self {
+            Self::Mono => clock.tsc_to_ns(tsc),
+            Self::Boot => clock.tsc_to_boottime_ns(tsc),
+        }
+    }
+
+    fn sample(self) -> Sample {
+        match self {
+            Self::Mono => sample_monotonic(16).unwrap(),
+            Self::Boot => sample_boottime(16).unwrap(),
+        }
+    }
+}
+
 /// Makes `events` bursts of getppid calls `gap` apart, refreshing the clock
 /// every `refresh` (if any). Each event's TSCs are converted with the clock
 /// as it was when the event happened (as a live tracer would). Only the last
 /// call of each burst counts: the first ones run cold and slow.
-fn measure(events: usize, gap: Duration, refresh: Option<Duration>) -> Errors {
+fn measure(target: Target, events: usize, gap: Duration, refresh: Option<Duration>) -> Errors {
     let mut clock = Clock::calibrate().unwrap();
-    let instances = Instances::new(&["x86-tsc", "mono", "x86-tsc"]);
+    let instances = Instances::new(&["x86-tsc", target.trace_clock(), "x86-tsc"]);
     let mut clocks = Vec::with_capacity(events);
     let mut errors = Errors::default();
     let mut refreshed = Instant::now();
@@ -123,10 +156,10 @@ fn measure(events: usize, gap: Duration, refresh: Option<Duration>) -> Errors {
             unsafe { libc::syscall(libc::SYS_getppid) };
         }
         clocks.push(clock);
-        let s = sample_monotonic(16).unwrap();
+        let s = target.sample();
         errors
             .vdso
-            .push(clock.tsc_to_ns(s.tsc) as i64 - s.ns as i64);
+            .push(target.convert(&clock, s.tsc) as i64 - s.ns as i64);
         // The spacing is what is measured (drift between refreshes), not
         // a wait for anything.
         std::thread::sleep(gap);
@@ -144,8 +177,8 @@ fn measure(events: usize, gap: Duration, refresh: Option<Duration>) -> Errors {
     );
     for (k, clock) in clocks.iter().enumerate() {
         let last = BURST * k + BURST - 1;
-        let lo = clock.tsc_to_ns(before[last]) as i64;
-        let hi = clock.tsc_to_ns(after[last]) as i64;
+        let lo = target.convert(clock, before[last]) as i64;
+        let hi = target.convert(clock, after[last]) as i64;
         let m = mono[last] as i64;
         errors.outside.push(if m < lo {
             m - lo
@@ -175,12 +208,12 @@ fn median(values: &[i64]) -> i64 {
 fn report(name: &str, errors: &Errors) {
     for (what, v) in [
         (
-            "kernel: |mono outside converted x86-tsc bracket|",
+            "kernel: |clock outside converted x86-tsc bracket|",
             &errors.outside,
         ),
-        ("kernel: mono - bracket middle", &errors.mid),
+        ("kernel: clock - bracket middle", &errors.mid),
         ("kernel: bracket width", &errors.width),
-        ("vDSO: tsc_to_ns - CLOCK_MONOTONIC", &errors.vdso),
+        ("vDSO: converted - clock_gettime", &errors.vdso),
     ] {
         println!(
             "{name}: {what}: median {} ns, |p50| {} ns, |p99| {} ns, |max| {} ns (n = {})",
@@ -199,6 +232,7 @@ fn tsc_to_ns_matches_the_kernels_mono_trace_clock() {
         return;
     }
     let errors = measure(
+        Target::Mono,
         1000,
         Duration::from_millis(1),
         Some(Duration::from_millis(250)),
@@ -226,9 +260,9 @@ fn refresh_keeps_the_error_bounded() {
         return;
     }
     let gap = Duration::from_millis(10);
-    let errors = measure(400, gap, Some(Duration::from_millis(500)));
+    let errors = measure(Target::Mono, 400, gap, Some(Duration::from_millis(500)));
     report("4 s, refresh every 500 ms", &errors);
-    let unrefreshed = measure(400, gap, None);
+    let unrefreshed = measure(Target::Mono, 400, gap, None);
     report("4 s, never refreshed", &unrefreshed);
     // The last second of a 4 s run is as good as the first.
     for v in [&errors.outside[300..], &errors.vdso[300..]] {
@@ -240,5 +274,33 @@ fn refresh_keeps_the_error_bounded() {
     assert!(
         abs_percentile(&errors.vdso[300..], 0.5) < 100,
         "median error in the last second >= 100 ns"
+    );
+}
+
+#[test]
+fn tsc_to_boottime_ns_matches_the_kernels_boot_trace_clock() {
+    if !common::privileged("tsc_to_boottime_ns_matches_the_kernels_boot_trace_clock") {
+        return;
+    }
+    let errors = measure(
+        Target::Boot,
+        1000,
+        Duration::from_millis(1),
+        Some(Duration::from_millis(250)),
+    );
+    report("BOOTTIME, 1 s, refresh every 250 ms", &errors);
+    // The kernel's BOOTTIME reading lies inside the converted bracket.
+    assert!(abs_percentile(&errors.outside, 0.5) == 0, "median outside");
+    assert!(
+        abs_percentile(&errors.outside, 1.0) < 1_000,
+        "max error >= 1 us"
+    );
+    assert!(
+        abs_percentile(&errors.vdso, 0.5) < 100,
+        "vDSO median error >= 100 ns"
+    );
+    assert!(
+        abs_percentile(&errors.vdso, 1.0) < 1_000,
+        "vDSO max error >= 1 us"
     );
 }

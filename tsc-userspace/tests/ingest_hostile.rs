@@ -31,6 +31,7 @@ const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0
 
 fn hello() -> Hello {
     Hello {
+        version: tsc_userspace::wire::VERSION,
         agent_name: "good".into(),
         hostname: "guest".into(),
         kernel_release: "6.18.0".into(),

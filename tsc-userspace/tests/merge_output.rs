@@ -94,6 +94,7 @@ fn real_pages_merge_into_one_ordered_timeline() {
             kind: SourceKind::Host,
             name: "host".into(),
             formats,
+            kernel_release: None,
         })
         .unwrap();
     // A window that never expires: only the watermarks order.
@@ -106,6 +107,7 @@ fn real_pages_merge_into_one_ordered_timeline() {
         let ctx = WriteContext {
             sources,
             clock: &clock,
+            boottime: None,
         };
         json.write(&ctx, &item)?;
         text.write(&ctx, &item)

@@ -94,6 +94,7 @@ fn merge_and_write_allocate_nothing_per_event_once_warm() {
             kind: SourceKind::Host,
             name: "host".into(),
             formats: set.clone(),
+            kernel_release: None,
         })
         .expect("id");
     let (page, ranges) = page(&set, 64);
@@ -116,6 +117,7 @@ fn merge_and_write_allocate_nothing_per_event_once_warm() {
             let ctx = WriteContext {
                 sources: &sources,
                 clock: &clock,
+                boottime: None,
             };
             let _ = text.write(&ctx, &item);
             let _ = json.write(&ctx, &item);

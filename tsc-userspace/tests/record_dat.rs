@@ -210,6 +210,7 @@ fn guest_pages(s: &Scenario, layout: PageLayout) -> (Vec<Vec<u8>>, Vec<(String, 
 
 fn hello(cpus: u32) -> Hello {
     Hello {
+        version: tsc_userspace::wire::VERSION,
         agent_name: "agent".into(),
         hostname: "guest".into(),
         kernel_release: "6.1.0".into(),

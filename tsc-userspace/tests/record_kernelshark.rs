@@ -102,6 +102,7 @@ fn recording(dir: &Path) -> String {
         rec.host_page(cpu, &b.finish());
     }
     let hello = Hello {
+        version: tsc_userspace::wire::VERSION,
         agent_name: "agent".into(),
         hostname: "guest".into(),
         kernel_release: "6.1.0".into(),

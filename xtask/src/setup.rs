@@ -22,6 +22,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn all() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
+    perfetto_python()?;
     mounts()
 }
 
@@ -62,6 +63,26 @@ fn cargo_fuzz() -> Result<()> {
     step("installing cargo-fuzz (cargo install cargo-fuzz)");
     shell::run(shell::command("cargo").args(["install", "cargo-fuzz"]))
         .context("could not install cargo-fuzz")
+}
+
+/// The PyPI `perfetto` and `protobuf` packages, which the Perfetto tests
+/// decode traces with (`perfetto_trace_pb2`, the official schema), in a
+/// venv of their own under `~/.local/share/tsc-tracer/venv` (the system
+/// Python stays untouched; `tests/perfetto.rs` runs that venv's python3).
+fn perfetto_python() -> Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let venv = Path::new(&home).join(".local/share/tsc-tracer/venv");
+    let python = venv.join("bin/python3");
+    let python = python.to_str().context("a HOME that is not UTF-8")?;
+    let import = ["-c", "import perfetto.protos.perfetto.trace.perfetto_trace_pb2"];
+    if shell::output(shell::command(python).args(import)).is_some() {
+        return Ok(());
+    }
+    step(&format!("installing the Python perfetto and protobuf packages (pip, in {})", venv.display()));
+    shell::run(shell::command("python3").args(["-m", "venv"]).arg(&venv))
+        .context("could not make a Python venv (is python3-venv installed?)")?;
+    shell::run(shell::command(python).args(["-m", "pip", "install", "--quiet", "perfetto", "protobuf"]))
+        .context("could not install perfetto and protobuf from PyPI")
 }
 
 fn nightly_rust_src() -> Result<()> {

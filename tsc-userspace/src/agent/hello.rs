@@ -2,7 +2,7 @@
 
 use crate::{
     tracefs::{EventFormat as ParsedFormat, EventName, Instance},
-    wire::{EventFormat, Hello, TRACE_CLOCK, TscSample},
+    wire::{EventFormat, Hello, TRACE_CLOCK, TscSample, VERSION},
 };
 
 use super::{AgentError, sysinfo};
@@ -30,6 +30,7 @@ pub(super) fn hello(instance: &Instance, name: Option<&str>) -> Result<Hello, Ag
         });
     }
     Ok(Hello {
+        version: VERSION,
         agent_name: name.map_or_else(|| hostname.clone(), str::to_owned),
         hostname,
         kernel_release: sysinfo::kernel_release()?,

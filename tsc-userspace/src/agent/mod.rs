@@ -2,7 +2,8 @@
 //! pages go, unparsed, to a tsc-tracer host (protocol in `docs/PROTOCOL.md`).
 //!
 //! [`Agent::start`] sets up the instance; [`Agent::run`] connects, sends the
-//! Hello, then streams pages, keep-alives (with fresh TSC samples), lost
+//! Hello, then streams pages, each CPU's exact watermark (Drained frames,
+//! protocol version 2), keep-alives (with fresh TSC samples), lost
 //! counts and command names until told to stop, reconnecting with backoff
 //! when the connection drops. On stop it flushes partly filled pages, says
 //! Bye and removes the instance.
@@ -31,8 +32,24 @@ pub use transport::ConnectError;
 pub const DEFAULT_EVENTS: &str =
     "sched:sched_switch,sched:sched_wakeup,irq:irq_handler_entry,irq:irq_handler_exit";
 
-/// Pages the queue between the CPU readers and the network holds.
+/// Pages (and watermark lists) the queue between the reader and the
+/// network holds.
 const QUEUE_PAGES: usize = 256;
+
+/// Per-CPU ring buffer, KiB, unless asked otherwise (the kernel's default
+/// is 1408). Sized up front, never grown while recording (see
+/// [`pages`]): with reads on wake-up and every few ms, it absorbs a
+/// 500,000-event burst on one CPU.
+pub const DEFAULT_BUFFER_KB: u32 = 4096;
+/// How full (percent) a CPU's buffer gets before the kernel wakes the
+/// reader (between the timer's reads).
+pub const DEFAULT_BUFFER_PERCENT: u32 = 25;
+/// Shortest period of the timer that reads every CPU, partly filled pages
+/// included: how late a quiet CPU's events and watermark can be.
+/// Each read costs the agent a wake-up, and a busy CPU's partly filled
+/// page: 10 ms keeps it near 2% of a core at 100k events/s (agent_cpu
+/// bench); 1 ms is the low-latency setting.
+pub const DEFAULT_FLUSH: Duration = Duration::from_millis(10);
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -47,15 +64,19 @@ pub struct AgentConfig {
     pub retry: u32,
     /// Interval between KeepAlives.
     pub keepalive: Duration,
-    /// Interval at which partly filled pages of quiet CPUs are sent.
+    /// Shortest interval at which every CPU is read, partly filled pages
+    /// included (it grows up to [`pages::IDLE_FACTOR`] times while all are
+    /// idle).
     pub flush: Duration,
-    /// Per-CPU ring buffer size in KiB (`None`: the kernel's default).
+    /// Per-CPU ring buffer size in KiB (`None`: [`DEFAULT_BUFFER_KB`]).
     pub buffer_size_kb: Option<u32>,
+    /// How full (percent) a buffer gets before the reader is woken.
+    pub buffer_percent: u32,
 }
 
 impl AgentConfig {
     /// Defaults: the [`DEFAULT_EVENTS`], 5 retries, a KeepAlive every 250 ms,
-    /// a flush every 100 ms.
+    /// a flush every 10 ms, the default buffer size and wake-up level.
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
@@ -66,8 +87,9 @@ impl AgentConfig {
             name: None,
             retry: 5,
             keepalive: Duration::from_millis(250),
-            flush: Duration::from_millis(100),
+            flush: DEFAULT_FLUSH,
             buffer_size_kb: None,
+            buffer_percent: DEFAULT_BUFFER_PERCENT,
         }
     }
 }
@@ -130,7 +152,8 @@ impl Agent {
     pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let mut opts = InstanceOptions::new("tsc-agent");
         opts.events = config.events.clone();
-        opts.buffer_size_kb = config.buffer_size_kb;
+        opts.buffer_size_kb = Some(config.buffer_size_kb.unwrap_or(DEFAULT_BUFFER_KB));
+        opts.buffer_percent = Some(config.buffer_percent.min(100));
         let instance = Instance::create(&opts)?;
         let hello = hello::hello(&instance, config.name.as_deref())?;
         let pipes = instance
@@ -180,7 +203,11 @@ impl Agent {
             on_signal.cancel();
         });
         let (tx, rx) = mpsc::channel(QUEUE_PAGES);
-        let readers = pages::Readers::start(self.pipes, tx, self.config.flush);
+        let read = pages::ReadConfig {
+            flush: self.config.flush,
+            idle_factor: pages::IDLE_FACTOR,
+        };
+        let readers = pages::Readers::start_with_marks(self.pipes, tx, read);
         let mut shipper = ship::Shipper::new(self.config, self.instance, self.hello, rx);
         let result = shipper.run(&stop, &readers).await;
         readers.stop();

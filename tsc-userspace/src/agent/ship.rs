@@ -1,9 +1,13 @@
 //! Shipping pages to the host: connections, handshake, the send loop, and
 //! the orderly end.
 
-use std::{collections::HashMap, io, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{self, IoSlice},
+    time::Duration,
+};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
@@ -12,13 +16,16 @@ use tracing::{info, warn};
 
 use super::{
     AgentConfig, AgentError, AgentReport, hello,
-    pages::Readers,
+    pages::{Read, Readers},
     sysinfo,
     transport::{self, Backoff, ConnectError, Transport},
 };
 use crate::{
     tracefs::Instance,
-    wire::{DEFAULT_MAX_BODY, Frame, FrameCodec, Hello, Lost, Page, TscSample, WireError},
+    wire::{
+        DEFAULT_MAX_BODY, Frame, FrameCodec, Hello, Lost, MIN_VERSION, Page, TscSample, VERSION,
+        WireError,
+    },
 };
 
 /// Time the host has to answer the Hello.
@@ -27,6 +34,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `saved_cmdlines` is re-sent (when changed) every this many KeepAlives.
 const CMDLINES_EVERY: u32 = 5;
+/// Most queued reads one write takes.
+const BATCH_READS: usize = 64;
 
 /// Why one connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +70,11 @@ pub(super) struct Shipper {
     config: AgentConfig,
     instance: Instance,
     hello: Hello,
-    rx: mpsc::Receiver<Page>,
-    /// A page taken from the queue whose write did not complete.
-    pending: Option<Page>,
+    rx: mpsc::Receiver<Read>,
+    /// The protocol version offered (lowered when a host refuses it).
+    version: u16,
+    /// Pages taken from the queue whose write did not complete.
+    pending: Vec<Page>,
     /// Lost totals last reported, per CPU.
     lost_sent: HashMap<u32, u64>,
     cmdlines_sent: String,
@@ -76,14 +87,15 @@ impl Shipper {
         config: AgentConfig,
         instance: Instance,
         hello: Hello,
-        rx: mpsc::Receiver<Page>,
+        rx: mpsc::Receiver<Read>,
     ) -> Self {
         Self {
             config,
             instance,
             hello,
             rx,
-            pending: None,
+            version: VERSION,
+            pending: Vec::new(),
             lost_sent: HashMap::new(),
             cmdlines_sent: String::new(),
             max_body: DEFAULT_MAX_BODY,
@@ -102,6 +114,21 @@ impl Shipper {
             let connections = self.report.connections;
             let err = match self.connect_and_ship(stop, readers).await {
                 Ok(()) => return Ok(self.report),
+                // A host of an older version says so in its Reject: offer
+                // the older version at once (PROTOCOL.md, versioning).
+                Err(ConnectionError::Rejected(reason))
+                    if self.version > MIN_VERSION
+                        && reason.starts_with("unsupported protocol version") =>
+                {
+                    warn!(
+                        "{} refused protocol version {} ({reason}); offering {}",
+                        self.config.endpoint,
+                        self.version,
+                        self.version - 1
+                    );
+                    self.version -= 1;
+                    continue;
+                }
                 Err(ConnectionError::Rejected(reason)) => {
                     return Err(AgentError::Rejected {
                         endpoint: self.config.endpoint.clone(),
@@ -152,7 +179,9 @@ impl Shipper {
     }
 
     async fn handshake(&mut self, rx: &mut Reader, wr: &mut Writer) -> Result<(), ConnectionError> {
-        let hello = Frame::Hello(Box::new(hello::with_samples(&self.hello)));
+        let mut hello = hello::with_samples(&self.hello);
+        hello.version = self.version;
+        let hello = Frame::Hello(Box::new(hello));
         self.write(wr, &hello).await?;
         let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.next())
             .await
@@ -179,9 +208,11 @@ impl Shipper {
         readers: &Readers,
     ) -> Result<(), ConnectionError> {
         self.send_cmdlines(wr, true).await?;
-        if let Some(page) = self.pending.take() {
-            self.send_page(wr, page).await?;
+        let mut batch = Batch::default();
+        for page in std::mem::take(&mut self.pending) {
+            self.add(&mut batch, Read::Page(page))?;
         }
+        self.write_batch(wr, batch).await?;
         let mut keepalive = tokio::time::interval(self.config.keepalive);
         keepalive.tick().await;
         let mut beats = 0u32;
@@ -194,14 +225,14 @@ impl Shipper {
                     // Pages already read go first, so the keep-alive's sample
                     // tells the host that nothing older than one flush period
                     // before it is still to come (PROTOCOL.md, KeepAlive).
-                    while let Ok(page) = self.rx.try_recv() {
-                        self.send_page(wr, page).await?;
+                    while let Ok(read) = self.rx.try_recv() {
+                        self.send_reads(wr, read).await?;
                     }
                     beats += 1;
                     self.keepalive(wr, beats.is_multiple_of(CMDLINES_EVERY)).await?;
                 }
-                page = self.rx.recv() => match page {
-                    Some(page) => self.send_page(wr, page).await?,
+                read = self.rx.recv() => match read {
+                    Some(read) => self.send_reads(wr, read).await?,
                     None => return Err(ConnectionError::ReadersGone),
                 },
             }
@@ -214,8 +245,8 @@ impl Shipper {
             warn!("cannot stop recording: {e}");
         }
         readers.stop();
-        while let Some(page) = self.rx.recv().await {
-            self.send_page(wr, page).await?;
+        while let Some(read) = self.rx.recv().await {
+            self.send_reads(wr, read).await?;
         }
         self.send_lost(wr).await?;
         self.send_cmdlines(wr, false).await?;
@@ -228,17 +259,47 @@ impl Shipper {
         Ok(())
     }
 
-    async fn send_page(&mut self, wr: &mut Writer, page: Page) -> Result<(), ConnectionError> {
-        let bytes = page.data.len() as u64;
-        let frame = Frame::Page(page);
-        // Kept until written, so a reconnection can resend it.
-        if let Frame::Page(page) = &frame {
-            self.pending = Some(page.clone());
+    /// `first` and whatever else the queue holds right now (up to
+    /// [`BATCH_READS`]), in one vectored write: a busy CPU's pages cost a
+    /// system call per batch, not per page.
+    async fn send_reads(&mut self, wr: &mut Writer, first: Read) -> Result<(), ConnectionError> {
+        let mut batch = Batch::default();
+        self.add(&mut batch, first)?;
+        for _ in 1..BATCH_READS {
+            match self.rx.try_recv() {
+                Ok(read) => self.add(&mut batch, read)?,
+                Err(_) => break,
+            }
         }
-        self.write(wr, &frame).await?;
-        self.pending = None;
-        self.report.pages += 1;
-        self.report.bytes += bytes;
+        self.write_batch(wr, batch).await
+    }
+
+    /// Encodes a page, or watermarks (to a host of version 2 or later),
+    /// into `batch`. Pages are kept until written, so a reconnection can
+    /// resend them.
+    fn add(&mut self, batch: &mut Batch, read: Read) -> Result<(), ConnectionError> {
+        let frame = match read {
+            Read::Page(page) => {
+                self.pending.push(page.clone());
+                Frame::Page(page)
+            }
+            Read::Drained(marks) if self.version >= 2 && !marks.is_empty() => Frame::Drained(marks),
+            Read::Drained(_) => return Ok(()),
+        };
+        let (head, payload) = frame.encode_parts(self.max_body)?;
+        batch.push(head);
+        batch.push(payload);
+        Ok(())
+    }
+
+    async fn write_batch(&mut self, wr: &mut Writer, batch: Batch) -> Result<(), ConnectionError> {
+        if batch.remaining() > 0 {
+            write_all(wr, batch).await?;
+        }
+        for page in self.pending.drain(..) {
+            self.report.pages += 1;
+            self.report.bytes += page.data.len() as u64;
+        }
         Ok(())
     }
 
@@ -311,5 +372,82 @@ fn host_ended(frame: Option<Result<Frame, WireError>>) -> ConnectionError {
         Some(Ok(Frame::Bye(reason))) => ConnectionError::HostBye(reason),
         Some(Ok(Frame::Reject(reason))) => ConnectionError::Rejected(reason),
         Some(Ok(other)) => ConnectionError::Unexpected(other.frame_type().name()),
+    }
+}
+
+/// Encoded frames, written with one vectored write (`chunks_vectored`
+/// hands the kernel up to 64 of them at a time).
+#[derive(Default)]
+struct Batch {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.len += part.len();
+            self.parts.push_back(part);
+        }
+    }
+}
+
+impl Buf for Batch {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |p| &p[..])
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.len, "advance past the end of a batch");
+        self.len -= cnt;
+        while cnt > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                return;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, part) in dst.iter_mut().zip(&self.parts) {
+            *slot = IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_yields_its_parts_in_order_across_partial_advances() {
+        let mut batch = Batch::default();
+        for part in [&b"abc"[..], b"", b"de", b"fghij"] {
+            batch.push(Bytes::copy_from_slice(part));
+        }
+        assert_eq!(batch.remaining(), 10);
+        let mut slices = [IoSlice::new(&[]); 8];
+        assert_eq!(batch.chunks_vectored(&mut slices), 3);
+        batch.advance(4);
+        assert_eq!(batch.chunk(), b"e");
+        let mut rest = Vec::new();
+        while batch.has_remaining() {
+            let chunk = batch.chunk().to_vec();
+            batch.advance(chunk.len());
+            rest.extend(chunk);
+        }
+        assert_eq!(rest, b"efghij");
     }
 }

@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context;
 use tracing::{info, warn};
 use tsc_userspace::{
-    agent::{Agent, AgentConfig, DEFAULT_EVENTS},
+    agent::{self, Agent, AgentConfig, DEFAULT_EVENTS},
     tracefs::{self, EventName},
     wire::Endpoint,
 };
@@ -25,18 +25,23 @@ pub struct Args {
     /// Reconnection attempts after a failure (0: fail at once).
     #[arg(long, default_value_t = 5)]
     retry: u32,
-    /// Per-CPU ring buffer size in KiB (default: the kernel's).
+    /// Per-CPU ring buffer size in KiB (default: 4096).
     #[arg(long, value_name = "KIB")]
     buffer_kb: Option<u32>,
+    /// How full (percent) a CPU's ring buffer gets before the agent is woken
+    /// to read it (tracefs buffer_percent; it also reads every --flush-ms).
+    #[arg(long, value_name = "PCT", default_value_t = agent::DEFAULT_BUFFER_PERCENT)]
+    buffer_percent: u32,
     /// Milliseconds between keep-alives. Each carries a TSC sample, which
     /// also tells the host that quiet CPUs have nothing older to send, so it
     /// bounds how long the host's merge waits for them.
     #[arg(long, value_name = "MS", default_value_t = 250)]
     keepalive_ms: u64,
     /// Milliseconds between reads of every CPU's buffer, partly filled pages
-    /// included: bounds how late a quiet CPU's events reach the host, and how
-    /// much a busy CPU's buffer must hold in between.
-    #[arg(long, value_name = "MS", default_value_t = 100)]
+    /// included: bounds how late a quiet CPU's events and its watermark reach
+    /// the host (1 for the lowest latency, at about ten times the agent's
+    /// CPU; the period doubles while every CPU is idle).
+    #[arg(long, value_name = "MS", default_value_t = 10)]
     flush_ms: u64,
 }
 
@@ -48,6 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         keepalive: Duration::from_millis(args.keepalive_ms.max(1)),
         flush: Duration::from_millis(args.flush_ms.max(1)),
         buffer_size_kb: args.buffer_kb,
+        buffer_percent: args.buffer_percent,
         events: args.events,
         ..AgentConfig::new(args.connect)
     };

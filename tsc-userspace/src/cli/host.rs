@@ -38,7 +38,10 @@ pub struct Args {
     /// the bound VMs' threads).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     host_events: Option<Vec<EventName>>,
-    /// Output format (`none`: only the recording, with --record).
+    /// Output format. `perfetto` writes a Perfetto trace (binary: give
+    /// -o FILE) to open at ui.perfetto.dev; its timestamps are always host
+    /// CLOCK_BOOTTIME nanoseconds, whatever --clock says. `none`: only the
+    /// recording (with --record).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// Timestamps in host nanoseconds (CLOCK_MONOTONIC) or host TSC ticks.
@@ -67,6 +70,8 @@ enum Format {
     Text,
     /// One JSON object per line.
     Json,
+    /// A Perfetto trace (binary protobuf; use `-o FILE`).
+    Perfetto,
     /// No live output (with --record).
     None,
 }
@@ -84,6 +89,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
 async fn run_async(args: Args) -> Result<ExitCode> {
     if args.format == Format::None && args.record.is_none() {
         anyhow::bail!("--format none writes nothing: it is for --record DIR");
+    }
+    if args.format == Format::Perfetto
+        && args.output.is_none()
+        && io::IsTerminal::is_terminal(&io::stdout())
+    {
+        anyhow::bail!("--format perfetto is binary: write it to a file with -o FILE");
     }
     // Refused before anything starts: a non-empty DIR is named at once.
     let recorder = match &args.record {
@@ -120,6 +131,9 @@ async fn run_async(args: Args) -> Result<ExitCode> {
     let mut writer: Box<dyn output::EventWriter + Send> = match args.format {
         Format::Text => output::writer(OutputFormat::Text, args.clock, FlushPolicy::Batch, out),
         Format::Json => output::writer(OutputFormat::Json, args.clock, FlushPolicy::Batch, out),
+        Format::Perfetto => {
+            output::writer(OutputFormat::Perfetto, args.clock, FlushPolicy::Batch, out)
+        }
         Format::None => Box::new(output::Discard),
     };
     let shutdown = async {

@@ -1,4 +1,5 @@
-//! Paired readings of the TSC and `CLOCK_MONOTONIC`.
+//! Paired readings of the TSC and a kernel clock (`CLOCK_MONOTONIC`,
+//! `CLOCK_BOOTTIME`, `CLOCK_MONOTONIC_RAW`).
 
 use core::arch::x86_64::{_mm_lfence, _rdtsc};
 
@@ -16,12 +17,12 @@ pub fn read_tsc() -> u64 {
     }
 }
 
-/// One `(TSC, CLOCK_MONOTONIC)` pair.
+/// One `(TSC, kernel clock)` pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sample {
     /// TSC midway between the reads bracketing `clock_gettime`.
     pub tsc: u64,
-    /// `CLOCK_MONOTONIC` nanoseconds.
+    /// The kernel clock's nanoseconds (`CLOCK_MONOTONIC` unless said otherwise).
     pub ns: u64,
     /// TSC ticks between the two bracketing reads (the uncertainty of `tsc`
     /// is half of it).
@@ -36,12 +37,16 @@ pub enum Against {
     /// `CLOCK_MONOTONIC_RAW`: the clocksource's nominal rate, for measuring
     /// the TSC frequency.
     MonotonicRaw,
+    /// `CLOCK_BOOTTIME`: MONOTONIC plus time suspended; what Perfetto reads
+    /// ftrace timestamps as.
+    Boottime,
 }
 
 fn clock_ns(against: Against) -> Result<u64, ClockError> {
     let id = match against {
         Against::Monotonic => libc::CLOCK_MONOTONIC,
         Against::MonotonicRaw => libc::CLOCK_MONOTONIC_RAW,
+        Against::Boottime => libc::CLOCK_BOOTTIME,
     };
     let mut ts = libc::timespec {
         tv_sec: 0,

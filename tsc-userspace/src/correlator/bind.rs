@@ -221,6 +221,7 @@ mod tests {
 
     fn hello(name: &str, samples: &[(u64, u64)]) -> Hello {
         Hello {
+            version: crate::wire::VERSION,
             agent_name: name.into(),
             hostname: format!("{name}-host"),
             kernel_release: String::new(),

@@ -122,6 +122,7 @@ impl Correlator {
             kind: SourceKind::Host,
             name: host.name,
             formats: host.formats,
+            kernel_release: None,
         })?;
         let mut merger = Merger::new(MergeConfig::new(ticks(&clock, config.window)));
         // Every host CPU holds the merge back until its first read says
@@ -199,6 +200,7 @@ impl Correlator {
                 },
                 name: info.peer.to_string(),
                 formats: info.guest.shared_formats(),
+                kernel_release: Some(info.hello.kernel_release.clone()),
             })
             .map_err(|e| e.to_string())?;
         self.guests
@@ -324,9 +326,11 @@ impl Correlator {
     pub fn release(&mut self, now: u64, out: &mut dyn EventWriter) -> io::Result<u64> {
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
+        let to_boottime = |tsc| clock.tsc_to_boottime_ns(tsc);
         let ctx = WriteContext {
             sources: &self.sources,
             clock: &to_ns,
+            boottime: Some(&to_boottime),
         };
         let n = self.merger.pop_ready(now, |item| out.write(&ctx, &item))?;
         if n > 0 {
@@ -340,9 +344,11 @@ impl Correlator {
     pub fn finish(mut self, out: &mut dyn EventWriter) -> io::Result<Summary> {
         let clock = &self.clock;
         let to_ns = |tsc| clock.tsc_to_ns(tsc);
+        let to_boottime = |tsc| clock.tsc_to_boottime_ns(tsc);
         let ctx = WriteContext {
             sources: &self.sources,
             clock: &to_ns,
+            boottime: Some(&to_boottime),
         };
         self.merger.flush_all(|item| out.write(&ctx, &item))?;
         out.flush()?;
@@ -404,10 +410,12 @@ fn write(
     item: &MergeItem,
 ) -> io::Result<()> {
     let to_ns = |tsc| clock.tsc_to_ns(tsc);
+    let to_boottime = |tsc| clock.tsc_to_boottime_ns(tsc);
     out.write(
         &WriteContext {
             sources,
             clock: &to_ns,
+            boottime: Some(&to_boottime),
         },
         item,
     )

@@ -108,6 +108,7 @@ pub fn seq_of(payload: &[u8]) -> Option<u32> {
 /// only matters to binding by TSC signature, and the demo binds by pid).
 pub fn hello(name: &str, vcpus: &[u32]) -> Hello {
     Hello {
+        version: crate::wire::VERSION,
         agent_name: name.to_owned(),
         hostname: name.to_owned(),
         kernel_release: "none (a toy guest program on /dev/kvm)".to_owned(),

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::tracefs::parse_saved_cmdlines;
 use crate::wire::{
-    Frame, FrameCodec, HEADER_LEN, Hello, HelloAck, Page, TRACE_CLOCK, WireError, rdtsc,
+    DrainedCpu, Frame, FrameCodec, HEADER_LEN, Hello, HelloAck, Page, TRACE_CLOCK, WireError, rdtsc,
 };
 
 /// How long a parting Reject or Bye may take to send.
@@ -201,7 +201,11 @@ fn check_hello(hello: &Hello, max_body: u32) -> Result<(), String> {
 
 /// Per-connection bookkeeping after the handshake.
 struct State {
+    /// The protocol version of the agent's Hello.
+    version: u16,
     page_size: usize,
+    /// Highest watermark yielded per guest CPU (version 2).
+    drained: HashMap<u32, u64>,
     /// Lost-event totals per known guest CPU.
     lost: HashMap<u32, u64>,
     /// `None` when pages go out raw.
@@ -212,7 +216,9 @@ struct State {
 impl State {
     fn new(hello: &Hello, guest: Arc<GuestFormats>, decode: bool) -> Self {
         Self {
+            version: hello.version,
             page_size: hello.page_size as usize,
+            drained: HashMap::new(),
             lost: hello.cpus.iter().map(|c| (c.cpu, 0)).collect(),
             guest: decode.then_some(guest),
             comms: Arc::default(),
@@ -275,6 +281,20 @@ impl State {
                 Some(item) => item,
                 None => return Ok(None),
             },
+            Frame::Drained(cpus) if self.version >= 2 => {
+                for d in cpus {
+                    if let Some(item) = self.drained(conn, d)? {
+                        emit(ctx, item).await?;
+                    }
+                }
+                return Ok(None);
+            }
+            Frame::Drained(_) => {
+                return Err(ConnError::Unexpected {
+                    got: "Drained",
+                    when: "from a version 1 agent",
+                });
+            }
             Frame::Bye(reason) => return Ok(Some(reason)),
             other => {
                 return Err(ConnError::Unexpected {
@@ -285,6 +305,27 @@ impl State {
         };
         emit(ctx, item).await?;
         Ok(None)
+    }
+
+    /// A CPU's watermark, when it advanced.
+    fn drained(&mut self, conn: ConnId, d: DrainedCpu) -> Result<Option<IngestItem>, ConnError> {
+        if !self.lost.contains_key(&d.cpu) {
+            return Err(ConnError::Contradiction(format!(
+                "Drained for unknown CPU {}",
+                d.cpu
+            )));
+        }
+        let last = self.drained.entry(d.cpu).or_insert(0);
+        if *last != 0 && d.guest_tsc <= *last {
+            return Ok(None);
+        }
+        *last = d.guest_tsc;
+        Ok(Some(IngestItem::Drained {
+            conn,
+            cpu: d.cpu,
+            tsc_cpu: d.tsc_cpu,
+            guest_tsc: d.guest_tsc,
+        }))
     }
 
     fn check_page(&self, page: &Page) -> Result<(), ConnError> {

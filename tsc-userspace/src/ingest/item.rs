@@ -95,6 +95,27 @@ pub enum IngestItem {
         /// Events lost on this CPU since the agent started.
         total: u64,
     },
+    /// A guest CPU's exact watermark (protocol version 2, Drained frame):
+    /// its buffer was read empty just after the guest's TSC read
+    /// `guest_tsc` plus the agent's margin (on guest CPU `tsc_cpu`), and
+    /// every page read before came earlier on this connection. So no later
+    /// event of `cpu` has a timestamp below `guest_tsc`, except a record
+    /// whose writing outlasted the margin (rare: e.g. its vCPU was
+    /// preempted inside the tracing code), which a merge writes `late`.
+    /// Yielded only when the CPU's watermark advances (PROTOCOL.md §3.8).
+    Drained {
+        /// Connection.
+        conn: ConnId,
+        /// Guest CPU whose buffer was found empty.
+        cpu: u32,
+        /// Guest CPU the TSC was read on (convert with its vCPU's offset
+        /// for an exact host time; the same as `cpu`'s when the guest's
+        /// vCPUs share one offset, as KVM keeps them unless the guest
+        /// writes one vCPU's TSC).
+        tsc_cpu: u32,
+        /// The guest TSC reading.
+        guest_tsc: u64,
+    },
     /// A TSC sample from a KeepAlive.
     TscSample {
         /// Connection.
@@ -133,6 +154,7 @@ impl IngestItem {
             IngestItem::Page { conn, .. }
             | IngestItem::BadPage { conn, .. }
             | IngestItem::Lost { conn, .. }
+            | IngestItem::Drained { conn, .. }
             | IngestItem::TscSample { conn, .. }
             | IngestItem::Cmdlines { conn, .. }
             | IngestItem::Closed { conn, .. } => *conn,

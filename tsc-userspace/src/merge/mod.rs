@@ -19,6 +19,7 @@
 //!     kind: SourceKind::Host,
 //!     name: "host".into(),
 //!     formats: Arc::new(FormatSet::new()),
+//!     kernel_release: None,
 //! })?;
 //! let mut merger = Merger::new(MergeConfig::new(3_000_000)); // ~1 ms at 3 GHz
 //! let mut written = Vec::new();

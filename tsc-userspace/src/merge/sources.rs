@@ -31,6 +31,9 @@ pub struct SourceInfo {
     pub name: String,
     /// The formats its event records decode with.
     pub formats: Arc<FormatSet>,
+    /// Its kernel's release (`uname -r`), when known: a guest's from its
+    /// agent's Hello. `None` for the host (read where needed).
+    pub kernel_release: Option<String>,
 }
 
 /// One registered source.

@@ -229,6 +229,7 @@ fn sources_register_remove_and_learn_comms() {
             kind: SourceKind::Host,
             name: "host".into(),
             formats: formats.clone(),
+            kernel_release: None,
         })
         .expect("id");
     let guest = sources
@@ -239,6 +240,7 @@ fn sources_register_remove_and_learn_comms() {
             },
             name: "agent".into(),
             formats: formats.clone(),
+            kernel_release: None,
         })
         .expect("id");
     assert_ne!(host, guest);
@@ -270,6 +272,7 @@ fn sources_register_remove_and_learn_comms() {
             kind: SourceKind::Host,
             name: "again".into(),
             formats,
+            kernel_release: None,
         })
         .expect("id");
     assert!(next != host && next != guest, "ids are never reused");

@@ -1,5 +1,6 @@
 //! Writers for the merged timeline: text in the spirit of `trace-cmd
-//! report`, and JSON lines.
+//! report`, JSON lines, and a Perfetto trace ([`perfetto`], described
+//! there).
 //!
 //! A writer decodes an item's fields only when it writes it, with the
 //! formats of the item's source, and builds each line in a reused buffer:
@@ -14,14 +15,14 @@
 //! use tsc_userspace::tracefs::FormatSet;
 //!
 //! let mut sources = Sources::new();
-//! sources.add(SourceInfo { kind: SourceKind::Host, name: "host".into(), formats: Arc::new(FormatSet::new()) })?;
+//! sources.add(SourceInfo { kind: SourceKind::Host, name: "host".into(), formats: Arc::new(FormatSet::new()), kernel_release: None })?;
 //! let mut merger = Merger::new(MergeConfig::default());
 //! let mut writer = output::writer(OutputFormat::Text, ClockMode::Ns, FlushPolicy::Batch, std::io::stdout());
 //! let tsc_to_ns = |tsc: u64| tsc / 3; // the session's calibrated host clock
 //! // For each batch of events: push them, then
 //! merger.pop_ready(0, |item| {
 //!     sources.learn_comms(&item); // names from sched events, before writing
-//!     writer.write(&WriteContext { sources: &sources, clock: &tsc_to_ns }, &item)
+//!     writer.write(&WriteContext { sources: &sources, clock: &tsc_to_ns, boottime: None }, &item)
 //! })?;
 //! writer.flush()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -69,6 +70,7 @@
 //! `"fields":null`.
 
 mod json;
+pub mod perfetto;
 mod sink;
 mod text;
 mod value;
@@ -76,6 +78,7 @@ mod value;
 use std::io::{self, Write};
 
 pub use json::JsonWriter;
+pub use perfetto::PerfettoWriter;
 pub use sink::FlushPolicy;
 pub use text::TextWriter;
 
@@ -106,6 +109,10 @@ pub struct WriteContext<'a> {
     pub sources: &'a Sources,
     /// Host TSC to nanoseconds.
     pub clock: &'a dyn TscToNs,
+    /// Host TSC to `CLOCK_BOOTTIME` nanoseconds, for the writers whose
+    /// format is defined on it (Perfetto); `None` makes them use `clock`.
+    /// Text and JSON ignore it.
+    pub boottime: Option<&'a dyn TscToNs>,
 }
 
 /// Which unit timestamps are printed in (`--clock`).
@@ -126,6 +133,9 @@ pub enum OutputFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// A Perfetto trace (binary protobuf; use `-o FILE`): open it at
+    /// ui.perfetto.dev or query it with `trace_processor`.
+    Perfetto,
 }
 
 /// Something that writes merged items.
@@ -161,6 +171,7 @@ pub fn writer<W: Write + Send + 'static>(
     match format {
         OutputFormat::Text => Box::new(TextWriter::new(out, clock, flush)),
         OutputFormat::Json => Box::new(JsonWriter::new(out, flush)),
+        OutputFormat::Perfetto => Box::new(PerfettoWriter::new(out, flush)),
     }
 }
 

@@ -116,6 +116,7 @@ fn fixture() -> Fixture {
         kind,
         name: "test".into(),
         formats,
+        kernel_release: None,
     };
     let host = sources
         .add(info(SourceKind::Host, host_set.clone()))
@@ -262,6 +263,7 @@ fn render(format: OutputFormat, mode: ClockMode) -> String {
     let ctx = WriteContext {
         sources: &f.sources,
         clock: &clock,
+        boottime: None,
     };
     let out = SharedBuf::default();
     let mut w = writer(format, mode, FlushPolicy::Batch, out.clone());
@@ -421,6 +423,7 @@ fn every_event_policy_reaches_the_writer_at_once() {
     let ctx = WriteContext {
         sources: &f.sources,
         clock: &clock,
+        boottime: None,
     };
     let mut every = TextWriter::new(Vec::new(), ClockMode::Tsc, FlushPolicy::EveryEvent);
     let mut batch = TextWriter::new(Vec::new(), ClockMode::Tsc, FlushPolicy::Batch);
@@ -438,6 +441,7 @@ fn a_batch_is_written_out_when_large() {
     let ctx = WriteContext {
         sources: &f.sources,
         clock: &clock,
+        boottime: None,
     };
     let mut w = JsonWriter::new(Vec::new(), FlushPolicy::Batch);
     let mut n = 0;
@@ -475,6 +479,7 @@ fn a_failed_write_is_reported_and_not_repeated() {
     let ctx = WriteContext {
         sources: &f.sources,
         clock: &clock,
+        boottime: None,
     };
     let sink = FailOnce {
         failed: false,

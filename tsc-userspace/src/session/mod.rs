@@ -293,6 +293,12 @@ impl Session {
             IngestItem::TscSample { conn, sample, .. } => {
                 self.correlator.guest_alive(conn, sample.tsc_before);
             }
+            IngestItem::Drained {
+                conn,
+                cpu,
+                tsc_cpu,
+                guest_tsc,
+            } => self.correlator.guest_drained(conn, cpu, tsc_cpu, guest_tsc),
             IngestItem::Connected(_) | IngestItem::Page { .. } | IngestItem::Cmdlines { .. } => {}
         }
         Ok(())

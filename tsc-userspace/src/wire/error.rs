@@ -31,7 +31,10 @@ pub enum WireError {
     #[error("bad magic {0:02x?}: peer does not speak the tsc-tracer protocol")]
     BadMagic([u8; 4]),
     /// A Hello asked for a protocol version this build does not speak.
-    #[error("unsupported protocol version {got} (this build speaks {ours})")]
+    #[error(
+        "unsupported protocol version {got} (this build speaks {} to {ours})",
+        super::MIN_VERSION
+    )]
     UnsupportedVersion {
         /// Version the peer sent.
         got: u16,

@@ -1,9 +1,9 @@
-//! The frames of protocol version 1 and their body layouts.
+//! The frames of protocol versions 1 and 2 and their body layouts.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    HEADER_LEN, MAGIC, VERSION, WireError,
+    HEADER_LEN, MAGIC, MIN_VERSION, VERSION, WireError,
     read::Reader,
     sample::{SAMPLE_LEN, TscSample},
 };
@@ -28,6 +28,9 @@ pub enum FrameType {
     Cmdlines = 7,
     /// Either way: orderly end of the connection (reason text).
     Bye = 8,
+    /// Agent to host, version 2: per CPU, the guest TSC up to which its
+    /// buffer has been read empty (an exact watermark).
+    Drained = 9,
 }
 
 impl FrameType {
@@ -43,6 +46,7 @@ impl FrameType {
             6 => KeepAlive,
             7 => Cmdlines,
             8 => Bye,
+            9 => Drained,
             _ => return None,
         })
     }
@@ -59,6 +63,7 @@ impl FrameType {
             KeepAlive => "KeepAlive",
             Cmdlines => "Cmdlines",
             Bye => "Bye",
+            Drained => "Drained",
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct CpuApic {
 /// The agent's first frame: everything the host needs to decode its pages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// Protocol version the agent speaks on this connection
+    /// ([`MIN_VERSION`]..=[`VERSION`]).
+    pub version: u16,
     /// Agent name (`--name`, default the hostname).
     pub agent_name: String,
     /// The guest's hostname.
@@ -146,6 +154,21 @@ pub struct Lost {
     pub total: u64,
 }
 
+/// One CPU's watermark in a [`Frame::Drained`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainedCpu {
+    /// Guest CPU whose buffer was read empty.
+    pub cpu: u32,
+    /// Guest CPU `guest_tsc` was read on (the agent's, not necessarily `cpu`).
+    pub tsc_cpu: u32,
+    /// TSC read just before the read that found `cpu`'s buffer empty: no
+    /// later Page of `cpu` holds an event committed before it.
+    pub guest_tsc: u64,
+}
+
+/// Encoded size of a [`DrainedCpu`].
+const DRAINED_CPU_LEN: usize = 16;
+
 /// One protocol frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -165,6 +188,8 @@ pub enum Frame {
     Cmdlines(String),
     /// See [`FrameType::Bye`].
     Bye(String),
+    /// See [`FrameType::Drained`] (version 2).
+    Drained(Vec<DrainedCpu>),
 }
 
 impl Frame {
@@ -179,6 +204,7 @@ impl Frame {
             Frame::KeepAlive(_) => FrameType::KeepAlive,
             Frame::Cmdlines(_) => FrameType::Cmdlines,
             Frame::Bye(_) => FrameType::Bye,
+            Frame::Drained(_) => FrameType::Drained,
         }
     }
 
@@ -240,6 +266,14 @@ impl Frame {
                 dst.put_u64_le(l.total);
             }
             Frame::KeepAlive(s) => s.put(dst),
+            Frame::Drained(cpus) => {
+                put_count(dst, name, cpus.len())?;
+                for d in cpus {
+                    dst.put_u32_le(d.cpu);
+                    dst.put_u32_le(d.tsc_cpu);
+                    dst.put_u64_le(d.guest_tsc);
+                }
+            }
         }
         Ok(Bytes::new())
     }
@@ -269,10 +303,33 @@ impl Frame {
                 Frame::Lost(Lost { cpu, total })
             }
             FrameType::KeepAlive => Frame::KeepAlive(TscSample::get(&mut r)?),
+            FrameType::Drained => Frame::Drained(get_drained(&mut r)?),
         };
         r.finish()?;
         Ok(frame)
     }
+}
+
+fn get_drained(r: &mut Reader) -> Result<Vec<DrainedCpu>, WireError> {
+    let n = r.count(DRAINED_CPU_LEN, "cpu count")?;
+    if n == 0 {
+        return Err(WireError::malformed("Drained", "no CPUs"));
+    }
+    let mut cpus: Vec<DrainedCpu> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let cpu = r.u32("cpu")?;
+        let tsc_cpu = r.u32("tsc_cpu")?;
+        let guest_tsc = r.u64("guest_tsc")?;
+        if cpus.iter().any(|d| d.cpu == cpu) {
+            return Err(WireError::malformed("Drained", format!("CPU {cpu} twice")));
+        }
+        cpus.push(DrainedCpu {
+            cpu,
+            tsc_cpu,
+            guest_tsc,
+        });
+    }
+    Ok(cpus)
 }
 
 fn get_page(r: &mut Reader) -> Result<Page, WireError> {
@@ -314,8 +371,14 @@ fn put_count(dst: &mut BytesMut, frame: &'static str, n: usize) -> Result<(), Wi
 
 fn put_hello(dst: &mut BytesMut, h: &Hello) -> Result<(), WireError> {
     const F: &str = "Hello";
+    if !(MIN_VERSION..=VERSION).contains(&h.version) {
+        return Err(WireError::Encode {
+            frame: F,
+            reason: format!("version {} is not one this build speaks", h.version),
+        });
+    }
     dst.put_slice(&MAGIC);
-    dst.put_u16_le(VERSION);
+    dst.put_u16_le(h.version);
     dst.put_u16_le(0);
     for s in [
         &h.agent_name,
@@ -357,7 +420,7 @@ fn get_hello(r: &mut Reader) -> Result<Hello, WireError> {
         return Err(WireError::BadMagic(magic));
     }
     let version = r.u16("version")?;
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(WireError::UnsupportedVersion {
             got: version,
             ours: VERSION,
@@ -406,6 +469,7 @@ fn get_hello(r: &mut Reader) -> Result<Hello, WireError> {
         .map(|_| TscSample::get(r))
         .collect::<Result<_, _>>()?;
     Ok(Hello {
+        version,
         agent_name,
         hostname,
         kernel_release,

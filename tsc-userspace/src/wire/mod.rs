@@ -16,13 +16,16 @@ mod sample;
 pub use codec::FrameCodec;
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::WireError;
-pub use frame::{CpuApic, EventFormat, Frame, FrameType, Hello, HelloAck, Lost, Page};
+pub use frame::{CpuApic, DrainedCpu, EventFormat, Frame, FrameType, Hello, HelloAck, Lost, Page};
 pub use sample::{TscSample, rdtsc};
 
 /// The first four bytes of a Hello body: the protocol's magic.
 pub const MAGIC: [u8; 4] = *b"TSCW";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// The newest protocol version this build speaks (2 added the Drained frame).
+pub const VERSION: u16 = 2;
+/// The oldest protocol version this build still speaks: a host serves
+/// agents of every version from this one to [`VERSION`].
+pub const MIN_VERSION: u16 = 1;
 /// Length of every frame header in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Default largest body a receiver accepts: a 1 MiB page plus its prefix.

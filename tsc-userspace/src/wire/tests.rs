@@ -32,7 +32,13 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
     );
     let cpu = (any::<u32>(), any::<u32>()).prop_map(|(cpu, apic_id)| CpuApic { cpu, apic_id });
     (
-        (arb_string(), arb_string(), arb_string(), arb_string()),
+        (
+            MIN_VERSION..=VERSION,
+            arb_string(),
+            arb_string(),
+            arb_string(),
+            arb_string(),
+        ),
         any::<u32>(),
         prop::collection::vec(cpu, 0..8),
         (".{0,200}", ".{0,200}"),
@@ -41,13 +47,14 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
     )
         .prop_map(
             |(
-                (agent_name, hostname, kernel_release, trace_clock),
+                (version, agent_name, hostname, kernel_release, trace_clock),
                 page_size,
                 cpus,
                 hdr,
                 events,
                 samples,
             )| Hello {
+                version,
                 agent_name,
                 hostname,
                 kernel_release,
@@ -86,7 +93,21 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         arb_sample().prop_map(Frame::KeepAlive),
         ".{0,500}".prop_map(Frame::Cmdlines),
         arb_string().prop_map(Frame::Bye),
+        arb_drained().prop_map(Frame::Drained),
     ]
+}
+
+/// 1..8 entries with distinct CPUs.
+fn arb_drained() -> impl Strategy<Value = Vec<DrainedCpu>> {
+    prop::collection::btree_map(any::<u32>(), (any::<u32>(), any::<u64>()), 1..8).prop_map(|m| {
+        m.into_iter()
+            .map(|(cpu, (tsc_cpu, guest_tsc))| DrainedCpu {
+                cpu,
+                tsc_cpu,
+                guest_tsc,
+            })
+            .collect()
+    })
 }
 
 fn encode_all(frames: &[Frame]) -> BytesMut {
@@ -139,7 +160,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bodies_of_each_type_never_panic(code in 1u16..=8, body in prop::collection::vec(any::<u8>(), 0..600)) {
+    fn arbitrary_bodies_of_each_type_never_panic(code in 1u16..=9, body in prop::collection::vec(any::<u8>(), 0..600)) {
         let mut bytes = header(body.len() as u32, code, 0);
         bytes.extend_from_slice(&body);
         let _ = decode_chunked(&bytes, 7);
@@ -215,6 +236,7 @@ fn reserved_header_bits_are_refused() {
 
 fn hello_bytes() -> Vec<u8> {
     let hello = Hello {
+        version: VERSION,
         agent_name: "a".into(),
         hostname: "h".into(),
         kernel_release: "6.18".into(),
@@ -231,19 +253,114 @@ fn hello_bytes() -> Vec<u8> {
 
 #[test]
 fn wrong_version_is_a_typed_error() {
+    for bad in [0, VERSION + 1] {
+        let mut bytes = hello_bytes();
+        bytes[HEADER_LEN + 4..HEADER_LEN + 6].copy_from_slice(&bad.to_le_bytes());
+        let err = decode_one(&bytes).unwrap_err();
+        assert!(
+            matches!(err, WireError::UnsupportedVersion { got, ours: VERSION } if got == bad),
+            "{err}"
+        );
+        assert!(err.to_string().contains("speaks 1 to 2"), "{err}");
+    }
+}
+
+/// A version 1 Hello (from an agent built before version 2) is the same
+/// bytes with 1 in the version field: it decodes, and says version 1.
+#[test]
+fn a_version_1_hello_decodes_as_version_1() {
     let mut bytes = hello_bytes();
-    bytes[HEADER_LEN + 4..HEADER_LEN + 6].copy_from_slice(&2u16.to_le_bytes());
-    let err = decode_one(&bytes).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::UnsupportedVersion {
-                got: 2,
-                ours: VERSION
-            }
-        ),
-        "{err}"
+    assert_eq!(
+        &bytes[HEADER_LEN + 4..HEADER_LEN + 6],
+        &VERSION.to_le_bytes()
     );
+    bytes[HEADER_LEN + 4..HEADER_LEN + 6].copy_from_slice(&1u16.to_le_bytes());
+    let frames = decode_one(&bytes).unwrap();
+    let [Frame::Hello(hello)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(hello.version, 1);
+    // And re-encodes to the very same bytes.
+    assert_eq!(encode_all(&frames).to_vec(), bytes);
+}
+
+#[test]
+fn a_hello_of_a_version_not_spoken_is_not_encoded() {
+    let Frame::Hello(mut hello) = decode_one(&hello_bytes()).unwrap().remove(0) else {
+        unreachable!()
+    };
+    hello.version = VERSION + 1;
+    let err = Frame::Hello(hello)
+        .encode_parts(DEFAULT_MAX_BODY)
+        .unwrap_err();
+    assert!(matches!(err, WireError::Encode { .. }), "{err}");
+}
+
+/// The layout of PROTOCOL.md's Drained example, byte for byte.
+#[test]
+fn drained_layout_is_the_documented_one() {
+    let frame = Frame::Drained(vec![
+        DrainedCpu {
+            cpu: 0,
+            tsc_cpu: 1,
+            guest_tsc: 0x1122_3344_5566_7788,
+        },
+        DrainedCpu {
+            cpu: 3,
+            tsc_cpu: 1,
+            guest_tsc: 0x1122_3344_5566_7799,
+        },
+    ]);
+    let bytes = encode_all(std::slice::from_ref(&frame));
+    let want: Vec<u8> = [
+        &[0x24, 0, 0, 0, 9, 0, 0, 0][..],
+        &[2, 0, 0, 0],
+        &[0, 0, 0, 0, 1, 0, 0, 0],
+        &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11],
+        &[3, 0, 0, 0, 1, 0, 0, 0],
+        &[0x99, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11],
+    ]
+    .concat();
+    assert_eq!(bytes.to_vec(), want);
+    assert_eq!(decode_one(&want).unwrap(), vec![frame]);
+}
+
+#[test]
+fn malformed_drained_frames_are_refused() {
+    let body = |n: u32, entries: &[(u32, u32, u64)], extra: &[u8]| {
+        let mut b = Vec::new();
+        b.put_u32_le(n);
+        for &(cpu, tsc_cpu, tsc) in entries {
+            b.put_u32_le(cpu);
+            b.put_u32_le(tsc_cpu);
+            b.put_u64_le(tsc);
+        }
+        b.extend_from_slice(extra);
+        let mut f = header(b.len() as u32, 9, 0);
+        f.extend_from_slice(&b);
+        f
+    };
+    let cases = [
+        ("empty list", body(0, &[], &[])),
+        ("count past the body", body(2, &[(0, 0, 5)], &[])),
+        ("huge count", body(u32::MAX, &[(0, 0, 5)], &[])),
+        ("same CPU twice", body(2, &[(1, 0, 5), (1, 0, 6)], &[])),
+        ("trailing bytes", body(1, &[(1, 0, 5)], &[0])),
+        ("cut entry", body(1, &[], &[1, 0, 0, 0, 0, 0, 0, 0, 5])),
+    ];
+    for (what, bytes) in cases {
+        let err = decode_one(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::Malformed {
+                    frame: "Drained",
+                    ..
+                }
+            ),
+            "{what}: {err}"
+        );
+    }
 }
 
 #[test]
