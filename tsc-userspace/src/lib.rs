@@ -55,6 +55,8 @@ pub mod output;
 #[cfg(feature = "host")]
 pub mod process;
 #[cfg(feature = "host")]
+pub mod record;
+#[cfg(feature = "host")]
 pub mod session;
 pub mod signal;
 #[cfg(feature = "host")]

@@ -35,6 +35,13 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("trace-cmd", "trace-cmd"),
     // `bpftool btf dump` checks the BTF resolver (tests/btf.rs).
     ("bpftool", "bpftool"),
+    // KernelShark opens recordings (tests/record_kernelshark.rs) under a
+    // virtual X server, driven by xdotool; `import` (ImageMagick) takes
+    // the screenshot in docs/.
+    ("kernelshark", "kernelshark"),
+    ("Xvfb", "xvfb"),
+    ("xdotool", "xdotool"),
+    ("import", "imagemagick"),
 ];
 
 /// What `cargo xtask setup` does: `all`, plus the programs the tests run.

@@ -83,6 +83,8 @@
 //! the kernel's size; the burst run sizes its own), `E2E_HOST_BUFFER_KB`
 //! (32768, the host recording per CPU), `E2E_KEEP=1` keeps the files
 //! (timeline.txt, host.dat, guest.dat, report.txt) and prints where.
+//! `E2E_RECORD=DIR` also records each run's session into `DIR/runN`
+//! (`--record`), to measure what recording costs.
 
 mod guest;
 mod load;

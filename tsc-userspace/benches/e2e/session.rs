@@ -62,7 +62,17 @@ pub fn start(vm: u32, host_events: &[EventName], window: Duration, out: &Path) -
                 .build()
                 .expect("session runtime");
             runtime.block_on(async move {
-                let session = Session::start(options).await.expect("starting the session");
+                let mut session = Session::start(options).await.expect("starting the session");
+                // E2E_RECORD=DIR: also `--record DIR/runN` (the recording's cost).
+                if let Ok(dir) = std::env::var("E2E_RECORD") {
+                    use std::sync::atomic::{AtomicUsize, Ordering};
+                    static RUN: AtomicUsize = AtomicUsize::new(0);
+                    let dir =
+                        Path::new(&dir).join(format!("run{}", RUN.fetch_add(1, Ordering::Relaxed)));
+                    let recorder = tsc_userspace::record::Recorder::create(&dir, false)
+                        .expect("E2E_RECORD: a new or empty directory");
+                    session.record_into(recorder);
+                }
                 let SockAddr::Tcp(addr) = session.local_addrs()[0] else {
                     unreachable!("a TCP listener")
                 };

@@ -5,6 +5,7 @@ use std::{fs::File, io, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use tsc_userspace::{
     output::{self, ClockMode, FlushPolicy, OutputFormat},
+    record,
     session::{Session, SessionOptions, VmSpec},
     signal::shutdown as shutdown_signal,
     tracefs::EventName,
@@ -39,9 +40,10 @@ pub struct Args {
     host_events: Option<Vec<EventName>>,
     /// Output format. `perfetto` writes a Perfetto trace (binary: give
     /// -o FILE) to open at ui.perfetto.dev; its timestamps are always host
-    /// CLOCK_BOOTTIME nanoseconds, whatever --clock says.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    format: OutputFormat,
+    /// CLOCK_BOOTTIME nanoseconds, whatever --clock says. `none`: only the
+    /// recording (with --record).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
     /// Timestamps in host nanoseconds (CLOCK_MONOTONIC) or host TSC ticks.
     #[arg(long, value_enum, default_value_t = ClockMode::Ns)]
     clock: ClockMode,
@@ -52,6 +54,26 @@ pub struct Args {
     /// streams before it is written (later arrivals are flagged "late").
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     window_ms: u64,
+    /// Also record the session into DIR as trace.dat files for trace-cmd
+    /// and KernelShark (docs/RECORDING.md). DIR must be new or empty.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Record into DIR even when it is not empty.
+    #[arg(long, requires = "record")]
+    force: bool,
+}
+
+/// `--format`: the live output's, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// `trace-cmd report`-like lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// A Perfetto trace (binary protobuf; use `-o FILE`).
+    Perfetto,
+    /// No live output (with --record).
+    None,
 }
 
 /// Runs `tsc-tracer host`.
@@ -65,12 +87,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 async fn run_async(args: Args) -> Result<ExitCode> {
-    if args.format == OutputFormat::Perfetto
+    if args.format == Format::None && args.record.is_none() {
+        anyhow::bail!("--format none writes nothing: it is for --record DIR");
+    }
+    if args.format == Format::Perfetto
         && args.output.is_none()
         && io::IsTerminal::is_terminal(&io::stdout())
     {
         anyhow::bail!("--format perfetto is binary: write it to a file with -o FILE");
     }
+    // Refused before anything starts: a non-empty DIR is named at once.
+    let recorder = match &args.record {
+        Some(dir) => Some(record::Recorder::create(dir, args.force)?),
+        None => None,
+    };
     let listen = listeners(&args.listen)?;
     let options = SessionOptions {
         listen,
@@ -79,9 +109,13 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         window: Duration::from_millis(args.window_ms),
         ..SessionOptions::default()
     };
-    let session = Session::start(options)
+    let mut session = Session::start(options)
         .await
         .context("starting the session")?;
+    if let Some(recorder) = recorder {
+        tracing::info!("recording into {}", recorder.dir().display());
+        session.record_into(recorder);
+    }
     for addr in session.local_addrs() {
         tracing::info!(
             "agents connect with: tsc-agent --connect {} (or tsc-tracer agent)",
@@ -94,7 +128,14 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         }
         None => Box::new(io::stdout()),
     };
-    let mut writer = output::writer(args.format, args.clock, FlushPolicy::Batch, out);
+    let mut writer: Box<dyn output::EventWriter + Send> = match args.format {
+        Format::Text => output::writer(OutputFormat::Text, args.clock, FlushPolicy::Batch, out),
+        Format::Json => output::writer(OutputFormat::Json, args.clock, FlushPolicy::Batch, out),
+        Format::Perfetto => {
+            output::writer(OutputFormat::Perfetto, args.clock, FlushPolicy::Batch, out)
+        }
+        Format::None => Box::new(output::Discard),
+    };
     let shutdown = async {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!("{signal}: flushing and stopping"),

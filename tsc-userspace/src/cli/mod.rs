@@ -7,6 +7,7 @@ mod doctor;
 mod host;
 mod logging;
 mod offsets;
+mod record_finish;
 mod vmm;
 
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Convert guest TSC values to host TSC values (and nanoseconds).
     Convert(convert::Args),
+    /// Assemble the trace.dat files of a recording whose session died.
+    RecordFinish(record_finish::Args),
     /// A scriptable toy VMM for tests and demos (commands on stdin).
     #[command(hide = true)]
     Vmm(vmm::Args),
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Offsets(args) => offsets::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::RecordFinish(args) => record_finish::run(args),
         Command::Vmm(args) => vmm::run(args),
     };
     match result {

@@ -117,6 +117,11 @@ impl HostTrace {
         self.instance.tracefs().saved_cmdlines()
     }
 
+    /// The instance (the recording reads its headers and formats).
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
     /// The instance's name (for messages).
     pub fn name(&self) -> &str {
         self.instance.name()

@@ -111,6 +111,8 @@ pub struct Session {
     status: StatusLine,
     last_clock_refresh: Instant,
     last_comms: Instant,
+    /// `--record DIR` (record: see `crate::record::live`).
+    recorder: Option<crate::record::Recorder>,
 }
 
 /// How often host task names are re-read from `saved_cmdlines`.
@@ -168,12 +170,23 @@ impl Session {
             status: StatusLine::new(options.status_line),
             last_clock_refresh: Instant::now(),
             last_comms: Instant::now(),
+            recorder: None,
         })
     }
 
     /// The addresses agents can connect to.
     pub fn local_addrs(&self) -> &[SockAddr] {
         self.ingest.local_addrs()
+    }
+
+    /// Records the session into `rec` as trace.dat files (`--record`).
+    pub fn record_into(&mut self, mut rec: crate::record::Recorder) {
+        let (host, clock) = (self.host.instance(), self.correlator.clock());
+        crate::record::live::start(&mut rec, host, clock); // record
+        let snapshot = self.monitor.map().snapshot();
+        let vms = self.correlator.vms();
+        crate::record::live::offsets(&mut rec, &snapshot, |pid| vms.get(pid)); // record
+        self.recorder = Some(rec);
     }
 
     /// The host clock (TSC to CLOCK_MONOTONIC ns).
@@ -223,7 +236,12 @@ impl Session {
     }
 
     fn on_offsets(&mut self, events: &[crate::offsets::OffsetEvent]) {
-        if self.correlator.offsets(events, read_tsc(), &vmm_cmdline) {
+        let follow = self.correlator.offsets(events, read_tsc(), &vmm_cmdline);
+        if let Some(rec) = &mut self.recorder {
+            let vms = self.correlator.vms();
+            crate::record::live::offsets(rec, events, |pid| vms.get(pid)); // record
+        }
+        if follow {
             // New vCPU threads of bound VMs are followed by event-fork;
             // this covers threads created before the VM was bound.
             self.follow_bound_vms();
@@ -237,10 +255,14 @@ impl Session {
     ) -> Result<(), SessionError> {
         match item {
             IngestItem::Hello(admission) => self.on_hello(admission),
-            IngestItem::Events(page) => self
-                .correlator
-                .guest_page(&page, sink)
-                .map_err(SessionError::Output)?,
+            IngestItem::Events(page) => {
+                if let Some(rec) = &mut self.recorder {
+                    rec.guest_page(page.conn, page.cpu, page.bytes()); // record
+                }
+                self.correlator
+                    .guest_page(&page, sink)
+                    .map_err(SessionError::Output)?
+            }
             IngestItem::Lost {
                 conn,
                 cpu,
@@ -261,6 +283,9 @@ impl Session {
                 outcome,
             } => {
                 self.correlator.guest_closed(conn);
+                if let Some(rec) = &mut self.recorder {
+                    rec.guest_closed(conn); // record
+                }
                 match outcome {
                     Ok(reason) => tracing::info!("agent {conn} ({peer}) left: {reason}"),
                     Err(err) => tracing::warn!("agent {conn} ({peer}) dropped: {err}"),
@@ -282,8 +307,10 @@ impl Session {
 
     fn on_hello(&mut self, admission: crate::ingest::Admission) {
         let info = &admission.info;
+        let mut bound = None;
         let decision = match self.correlator.admit(info) {
             Ok(binding) => {
+                bound = Some((binding.pid, binding.name.clone()));
                 tracing::info!(
                     "agent {} {:?} ({}) traces VM {} (pid {}), bound by {}",
                     info.id,
@@ -300,6 +327,10 @@ impl Session {
                 Err(reason)
             }
         };
+        if let (Some(rec), Some((pid, name))) = (&mut self.recorder, &bound) {
+            let vm = self.correlator.vms().get(*pid);
+            crate::record::live::guest_connected(rec, info.id, &info.hello, *pid, name, vm); // record
+        }
         let admitted = decision.is_ok();
         admission.answer(decision);
         if admitted {
@@ -324,6 +355,9 @@ impl Session {
             }
         };
         let cpu = page.cpu;
+        if let Some(rec) = &mut self.recorder {
+            rec.host_page(cpu, &page.data); // record
+        }
         match self.correlator.host_page(cpu, &page.data, sink) {
             Ok(()) => Ok(()),
             Err(HostPageError::Output(e)) => Err(SessionError::Output(e)),
@@ -382,6 +416,11 @@ impl Session {
             self.on_ingest(item, sink)?;
         }
         self.status.finish();
+        if let Some(rec) = self.recorder.take() {
+            let comms = self.host.saved_cmdlines().ok();
+            let vms = self.correlator.vms();
+            crate::record::live::finish(rec, |pid| vms.get(pid), comms); // record
+        }
         self.correlator.finish(sink).map_err(SessionError::Output)
     }
 }
