@@ -61,6 +61,7 @@ fn event(
         changes: Some(seq),
         epoch_start_ns: at_ns,
         prev_epoch_end_ns: at_ns,
+        boundary_uncertain: false,
     }
 }
 

@@ -258,7 +258,7 @@ impl Monitor {
             ktime_ns: record.ktime_ns,
             source: Source::Tracepoint,
         };
-        self.apply(record.tgid, record.vcpu_id, change, Some(edge));
+        self.apply(record.tgid, record.vcpu_id, change, Placed::Edge(edge));
     }
 
     /// A first entry after a change (or first seen): the vCPU's own offset,
@@ -280,7 +280,7 @@ impl Monitor {
         }
     }
 
-    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change, edge: Option<&boundary::Edge>) {
+    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change, placed: Placed<'_>) {
         let gone = self.track_vm(pid).is_none();
         if gone {
             // The VMM exited before we could look at it: show the change
@@ -292,8 +292,14 @@ impl Monitor {
             vcpu_id,
             change,
         }) {
-            if let Some(edge) = edge {
-                event = event.with_edge(edge);
+            match placed {
+                Placed::Edge(edge) => event = event.with_edge(edge),
+                Placed::Reread { missed } => {
+                    // The map keeps the kernel time of the last change:
+                    // that is where its epoch starts, not when we read it.
+                    event.epoch_start_ns = (change.ktime_ns != 0).then_some(change.ktime_ns);
+                    event.boundary_uncertain = missed > 1 || change.ktime_ns == 0;
+                }
             }
             self.queue.push_back(Pending {
                 event,
@@ -397,11 +403,33 @@ impl Monitor {
             let change = from_map(&value);
             let known = self.map.vcpu(key.tgid, key.vcpu_id).map_or(0, |v| v.seq);
             if value.seq > known {
-                self.apply(key.tgid, key.vcpu_id, change, None);
+                let missed = value.seq - known;
+                if missed > 1 {
+                    tracing::warn!(
+                        "vCPU {} of pid {}: {} offset changes were lost in the overflow; \
+                         the last one is placed at its kernel time, the epochs between are unknown \
+                         (boundary_uncertain)",
+                        key.vcpu_id,
+                        key.tgid,
+                        missed - 1
+                    );
+                }
+                self.apply(key.tgid, key.vcpu_id, change, Placed::Reread { missed });
             }
         }
         Ok(())
     }
+}
+
+/// Where a change's epoch starts.
+#[derive(Clone, Copy)]
+enum Placed<'a> {
+    /// A ring-buffer record, paired into its vCPU's boundary.
+    Edge(&'a boundary::Edge),
+    /// Re-read from the kernel map after an overflow, `missed` changes
+    /// after the last one the ring buffer delivered (more than one: the
+    /// changes between were lost).
+    Reread { missed: u64 },
 }
 
 /// A change as the kernel offsets map holds it (the last one per vCPU).

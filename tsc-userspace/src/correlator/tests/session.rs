@@ -104,6 +104,7 @@ fn change(pid: u32, vcpu: u32, seq: u64, offset: i64, effective: i64, at: u64) -
         changes: Some(seq),
         epoch_start_ns: (seq > 0).then_some(at),
         prev_epoch_end_ns: (seq > 0).then_some(at),
+        boundary_uncertain: false,
     }
 }
 
