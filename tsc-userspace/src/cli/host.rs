@@ -49,6 +49,9 @@ pub struct Args {
     /// streams before it is written (later arrivals are flagged "late").
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     window_ms: u64,
+    /// The offset journal.
+    #[command(flatten)]
+    journal: super::offsets::JournalArgs,
 }
 
 /// Runs `tsc-tracer host`.
@@ -68,6 +71,7 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         vms: args.vm,
         host_events: args.host_events,
         window: Duration::from_millis(args.window_ms),
+        journal: args.journal.options(),
         ..SessionOptions::default()
     };
     let session = Session::start(options)

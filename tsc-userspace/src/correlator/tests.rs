@@ -4,6 +4,7 @@
 //! so the sequences are replayed rather than produced live. The clock is a
 //! fixed one: no calibration, nothing read from the machine.
 
+mod restore;
 mod session;
 
 use super::{guest::place, vms::Vms};

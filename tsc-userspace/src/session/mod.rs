@@ -24,7 +24,10 @@ use crate::{
     correlator::{Correlator, CorrelatorConfig, HostPageError, ticks},
     ebpf::LoadOptions,
     ingest::{Ingest, IngestConfig, IngestError, IngestItem, SockAddr},
-    offsets::monitor::{Monitor, MonitorError, MonitorOptions},
+    offsets::{
+        journal::{self, JournalError, JournalOptions, LiveJournal},
+        monitor::{Monitor, MonitorError, MonitorOptions},
+    },
     output::EventWriter,
     tracefs::{EventName, TracefsError},
     wire::Endpoint,
@@ -58,6 +61,9 @@ pub enum SessionError {
     /// Writing the output failed.
     #[error("writing the timeline: {0}")]
     Output(#[source] std::io::Error),
+    /// The offset journal could not be read or opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// What a session is asked to do.
@@ -83,6 +89,8 @@ pub struct SessionOptions {
     pub load: LoadOptions,
     /// Agent connections.
     pub ingest: IngestConfig,
+    /// The offset journal: restored from at start, appended to (None: off).
+    pub journal: Option<JournalOptions>,
 }
 
 impl Default for SessionOptions {
@@ -97,6 +105,7 @@ impl Default for SessionOptions {
             bind_slack: Duration::from_secs(2),
             load: LoadOptions::default(),
             ingest: IngestConfig::default(),
+            journal: None,
         }
     }
 }
@@ -107,6 +116,7 @@ pub struct Session {
     ingest: Ingest,
     host: HostTrace,
     correlator: Correlator,
+    journal: LiveJournal,
     status: StatusLine,
     last_clock_refresh: Instant,
     last_comms: Instant,
@@ -144,7 +154,15 @@ impl Session {
             ..CorrelatorConfig::default()
         };
         let mut correlator = Correlator::new(config, clock, host.info())?;
-        correlator.offsets(&monitor.map().snapshot(), read_tsc(), &vmm_cmdline);
+        // The journal's history of the VMs still running first, then the
+        // live snapshot on top of it.
+        if let Some(options) = &options.journal {
+            correlator.restore(&journal::live::restore(options)?.records, &vmm_cmdline);
+        }
+        let mut journal = LiveJournal::open(options.journal.clone())?;
+        let (snapshot, now) = (monitor.map().snapshot(), read_tsc());
+        journal.record(&snapshot, correlator.clock(), now);
+        correlator.offsets(&snapshot, now, &vmm_cmdline);
         for spec in &options.vms {
             if correlator
                 .vms()
@@ -164,6 +182,7 @@ impl Session {
             ingest,
             host,
             correlator,
+            journal,
             status: StatusLine::new(options.status_line),
             last_clock_refresh: Instant::now(),
             last_comms: Instant::now(),
@@ -222,7 +241,9 @@ impl Session {
     }
 
     fn on_offsets(&mut self, events: &[crate::offsets::OffsetEvent]) {
-        if self.correlator.offsets(events, read_tsc(), &vmm_cmdline) {
+        let now = read_tsc();
+        self.journal.record(events, self.correlator.clock(), now);
+        if self.correlator.offsets(events, now, &vmm_cmdline) {
             // New vCPU threads of bound VMs are followed by event-fork;
             // this covers threads created before the VM was bound.
             self.follow_bound_vms();

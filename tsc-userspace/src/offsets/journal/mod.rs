@@ -52,6 +52,7 @@
 //! counted too. A file that does not start with the header is refused.
 
 mod frame;
+pub mod live;
 pub mod reader;
 pub mod record;
 mod rotated;
@@ -64,6 +65,7 @@ use std::{
 
 pub use reader::{Contents, Decoded, Skipped};
 pub use record::{Boundary, JournalRecord};
+pub use live::LiveJournal;
 pub use writer::JournalWriter;
 
 use super::{EventKind, OffsetEvent};
@@ -130,6 +132,9 @@ pub enum JournalError {
     /// A journal of a version this build does not read.
     #[error("offset journal version {0}; this build reads version 1")]
     Version(u32),
+    /// Another process writes this journal.
+    #[error("offset journal {}: another session is writing it", .0.display())]
+    Locked(PathBuf),
     /// One of the above, in a named file.
     #[error("{}: {source}", path.display())]
     InFile {
@@ -143,7 +148,7 @@ pub enum JournalError {
 impl JournalError {
     fn in_file(self, path: &Path) -> Self {
         match self {
-            e @ (Self::Io { .. } | Self::InFile { .. }) => e,
+            e @ (Self::Io { .. } | Self::InFile { .. } | Self::Locked(_)) => e,
             e => Self::InFile {
                 path: path.to_path_buf(),
                 source: Box::new(e),

@@ -48,6 +48,10 @@ impl JournalWriter {
             .append(true)
             .open(&path)
             .map_err(io)?;
+        lock(&file).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => JournalError::Locked(path.clone()),
+            _ => io(e),
+        })?;
         let (size, torn) = match existing {
             Some(data) if data.len() >= HEADER_LEN => {
                 let decoded = reader::decode(&data).map_err(|e| e.in_file(&path))?;
@@ -146,6 +150,7 @@ impl JournalWriter {
             .create_new(true)
             .append(true)
             .open(path)?;
+        lock(&self.file)?;
         self.size = 0;
         self.start_file()?;
         tracing::debug!("rotated the offset journal {}", path.display());
@@ -172,4 +177,16 @@ fn rename_if_there(from: &PathBuf, to: &PathBuf) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// One writer per journal: an exclusive advisory lock, held while the
+/// file is open (released by the kernel when the process dies).
+fn lock(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
