@@ -187,6 +187,6 @@ fn read_bounded(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
         ));
     }
     let mut data = Vec::with_capacity(len as usize);
-    file.take(max + 1).read_to_end(&mut data)?;
+    file.take(max.saturating_add(1)).read_to_end(&mut data)?;
     Ok(Some(data))
 }
