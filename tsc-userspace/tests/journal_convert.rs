@@ -187,7 +187,11 @@ fn a_torn_tail_and_a_damaged_record_are_skipped_and_reported() {
     // A writer killed mid-record: the first 30 bytes of a copy of the
     // last frame.
     let last_frame = data[whole - 135..].to_vec();
-    assert_eq!(&last_frame[..4], b"TSCR", "a frame of comm 'pvm' is 135 bytes");
+    assert_eq!(
+        &last_frame[..4],
+        b"TSCR",
+        "a frame of comm 'pvm' is 135 bytes"
+    );
     data.extend_from_slice(&last_frame[..30]);
     std::fs::write(&path, &data).unwrap();
     let p = path.to_str().unwrap();
@@ -202,10 +206,7 @@ fn a_torn_tail_and_a_damaged_record_are_skipped_and_reported() {
     let second_change = first + 2 * frame_len;
     data[second_change + 40] ^= 1;
     std::fs::write(&path, &data).unwrap();
-    let out = convert(
-        &["--journal", p, "--vm", "vmm-a", "--vcpu", "0"],
-        "100\n",
-    );
+    let out = convert(&["--journal", p, "--vm", "vmm-a", "--vcpu", "0"], "100\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("skipped 1 damaged stretch"), "{stderr}");
     assert_eq!(placed(&lines(&out)), [(1_000_100, "epoch=1".to_owned())]);

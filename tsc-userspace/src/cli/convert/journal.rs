@@ -77,7 +77,11 @@ impl History {
             ),
         }
         Ok(Self {
-            current: state.current.get(&vcpu).or(state.current.values().next()).copied(),
+            current: state
+                .current
+                .get(&vcpu)
+                .or(state.current.values().next())
+                .copied(),
             timeline,
             not_applied: state.not_applied,
             cursor: StreamCursor::default(),

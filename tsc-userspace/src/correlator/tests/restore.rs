@@ -90,7 +90,12 @@ fn first_session(journal: &mut Vec<JournalRecord>) -> Correlator {
     let mut c = correlator();
     live(&mut c, journal, &[event(0, 10_000_000, 0)], 500);
     for (i, start) in [1_000_000u64, 2_000_000, 3_000_000].into_iter().enumerate() {
-        live(&mut c, journal, &[event(i as u64 + 1, -(start as i64), start)], start + 700);
+        live(
+            &mut c,
+            journal,
+            &[event(i as u64 + 1, -(start as i64), start)],
+            start + 700,
+        );
     }
     c
 }
@@ -107,8 +112,8 @@ fn a_restored_history_converts_the_backlog_with_its_old_epochs() {
     assert_eq!(
         hosts,
         [
-            1_000_100, 1_000_200, 1_000_300, 2_000_100, 2_000_200, 2_000_300, 3_000_100,
-            3_000_200, 3_000_300
+            1_000_100, 1_000_200, 1_000_300, 2_000_100, 2_000_200, 2_000_300, 3_000_100, 3_000_200,
+            3_000_300
         ]
     );
     assert!(want[3].2.contains(Flags::RESOLVED_BY_ORDER));
@@ -154,7 +159,10 @@ fn a_change_made_while_no_session_ran_starts_an_epoch_at_the_restart() {
     assert_eq!(got[4].host_start, Some(9_000_000));
     assert_eq!(got[4].params.offset(), (-8_000_000i64) as u64);
     // Events from before the restart still convert with their epochs.
-    assert_eq!(convert(&after, &BACKLOG[..3]), convert(&before, &BACKLOG[..3]));
+    assert_eq!(
+        convert(&after, &BACKLOG[..3]),
+        convert(&before, &BACKLOG[..3])
+    );
     // One after it (a guest TSC no older epoch explains), with the new
     // offset.
     let g = guest(15_000_000, -8_000_000);

@@ -93,7 +93,9 @@ pub fn at(data: &[u8]) -> At<'_> {
 pub fn resync(data: &[u8], from: usize) -> Option<usize> {
     let mut pos = from;
     while let Some(rest) = data.get(pos..) {
-        let found = rest.windows(FRAME_MAGIC.len()).position(|w| w == FRAME_MAGIC)?;
+        let found = rest
+            .windows(FRAME_MAGIC.len())
+            .position(|w| w == FRAME_MAGIC)?;
         pos += found;
         if matches!(at(&data[pos..]), At::Frame { .. }) {
             return Some(pos);

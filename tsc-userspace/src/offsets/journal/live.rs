@@ -2,8 +2,7 @@
 //! wrote, then record every batch of offset events.
 
 use super::{
-    JournalError, JournalOptions, JournalRecord, JournalWriter, Restore, record::Boundary,
-    reader,
+    JournalError, JournalOptions, JournalRecord, JournalWriter, Restore, reader, record::Boundary,
 };
 use crate::{clock::Clock, offsets::OffsetEvent, process::ProcessId};
 
@@ -11,7 +10,10 @@ use crate::{clock::Clock, offsets::OffsetEvent, process::ProcessId};
 /// (same pid and start time), logging what was damaged and how much
 /// comes back.
 pub fn restore(options: &JournalOptions) -> Result<Restore, JournalError> {
-    let contents = reader::read(&options.path, options.max_file_bytes.max(super::MIN_FILE_BYTES))?;
+    let contents = reader::read(
+        &options.path,
+        options.max_file_bytes.max(super::MIN_FILE_BYTES),
+    )?;
     contents.report();
     let restore = Restore::of(contents.records(), |id: ProcessId| id.is_alive());
     let (records, ..) = contents.counts();

@@ -51,7 +51,7 @@
 //! checksum holds but whose payload does not decode is skipped and
 //! counted too. A file that does not start with the header is refused.
 
-mod frame;
+pub mod frame;
 pub mod live;
 pub mod reader;
 pub mod record;
@@ -63,9 +63,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use live::LiveJournal;
 pub use reader::{Contents, Decoded, Skipped};
 pub use record::{Boundary, JournalRecord};
-pub use live::LiveJournal;
 pub use writer::JournalWriter;
 
 use super::{EventKind, OffsetEvent};

@@ -100,10 +100,11 @@ impl JournalWriter {
         if records.is_empty() {
             return Ok(());
         }
-        self.write_batch(records).map_err(|source| JournalError::Io {
-            path: self.options.path.clone(),
-            source,
-        })
+        self.write_batch(records)
+            .map_err(|source| JournalError::Io {
+                path: self.options.path.clone(),
+                source,
+            })
     }
 
     fn write_batch(&mut self, records: &[JournalRecord]) -> io::Result<()> {
