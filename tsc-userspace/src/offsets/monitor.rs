@@ -294,12 +294,7 @@ impl Monitor {
         }) {
             match placed {
                 Placed::Edge(edge) => event = event.with_edge(edge),
-                Placed::Reread { missed } => {
-                    // The map keeps the kernel time of the last change:
-                    // that is where its epoch starts, not when we read it.
-                    event.epoch_start_ns = (change.ktime_ns != 0).then_some(change.ktime_ns);
-                    event.boundary_uncertain = missed > 1 || change.ktime_ns == 0;
-                }
+                Placed::Reread { missed } => place_reread(&mut event, change.ktime_ns, missed),
             }
             self.queue.push_back(Pending {
                 event,
@@ -432,6 +427,17 @@ enum Placed<'a> {
     Reread { missed: u64 },
 }
 
+/// Places a change re-read from the kernel map after an overflow. The map
+/// keeps the kernel time of the last change: that is where its epoch
+/// starts, not when it was read. With `missed` > 1 the changes before it
+/// were lost, so the epochs between (and the previous one's end) are
+/// unknown; without a kernel time the start is unknown too.
+fn place_reread(event: &mut OffsetEvent, ktime_ns: u64, missed: u64) {
+    event.epoch_start_ns = (ktime_ns != 0).then_some(ktime_ns);
+    event.prev_epoch_end_ns = None;
+    event.boundary_uncertain = missed > 1 || ktime_ns == 0;
+}
+
 /// A change as the kernel offsets map holds it (the last one per vCPU).
 fn from_map(value: &VcpuOffset) -> Change {
     Change {
@@ -536,4 +542,52 @@ fn watch_exit(process: ProcessId, tx: mpsc::UnboundedSender<ProcessId>) {
         }
         let _ = tx.send(process);
     });
+}
+
+#[cfg(test)]
+mod reread_tests {
+    use super::*;
+
+    fn event() -> OffsetEvent {
+        let mut map = OffsetMap::default();
+        map.ensure_vm(
+            ProcessId {
+                pid: 1,
+                start_time: 1,
+            },
+            "vmm",
+        );
+        let change = from_map(&VcpuOffset {
+            offset: 5,
+            prev: 0,
+            seq: 3,
+            ktime_ns: 0,
+        });
+        map.apply(Update {
+            pid: 1,
+            vcpu_id: 0,
+            change,
+        })
+        .expect("a new vCPU")
+    }
+
+    #[test]
+    fn a_reread_change_starts_at_the_maps_kernel_time_and_says_when_that_is_unsure() {
+        let mut e = event();
+        place_reread(&mut e, 7_000_000_123, 1);
+        assert_eq!(e.source, Some(Source::Map));
+        assert_eq!(
+            (e.epoch_start_ns, e.boundary_uncertain),
+            (Some(7_000_000_123), false)
+        );
+        // Two changes lost: the last one's time is exact, what came between is not.
+        place_reread(&mut e, 7_000_000_123, 2);
+        assert_eq!(
+            (e.epoch_start_ns, e.boundary_uncertain),
+            (Some(7_000_000_123), true)
+        );
+        // No kernel time: placed when received, and said.
+        place_reread(&mut e, 0, 1);
+        assert_eq!((e.epoch_start_ns, e.boundary_uncertain), (None, true));
+    }
 }
