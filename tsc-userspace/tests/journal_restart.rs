@@ -168,7 +168,7 @@ fn a_killed_sessions_journal_gives_the_next_one_the_history_of_the_vms_still_run
     let records = number_after(restored, "restored ");
     let dropped = number_after(restored, "dropped ");
     assert!(
-        records >= ours && ours >= 1 + OFFSETS.len(),
+        records >= ours && ours > OFFSETS.len(),
         "restored {records} records; the live VM alone has {ours}: {restored}"
     );
     assert!(dropped >= 1, "the VM that exited is dropped: {restored}");
