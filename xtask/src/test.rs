@@ -87,14 +87,21 @@ fn fuzz(seconds: u64) -> Result<()> {
         .context("`cargo fuzz list` failed (is cargo-fuzz installed?)")?;
     for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
         step(&format!("fuzzing {target} for {seconds} s"));
-        shell::run(shell::nightly_cargo().args([
-            "fuzz",
-            "run",
-            target,
-            "--",
-            &format!("-max_total_time={seconds}"),
-        ]))
-        .with_context(|| format!("fuzz target {target} found a failure (see fuzz/artifacts/)"))?;
+        let mut run = shell::nightly_cargo();
+        run.args(["fuzz", "run", target]);
+        // Seeds kept in the repo (fuzz/seeds/TARGET) start the run beside
+        // the working corpus, which gets what the fuzzer finds.
+        let fuzz_dir = shell::workspace_root().join("fuzz");
+        let seeds = fuzz_dir.join("seeds").join(target);
+        if seeds.is_dir() {
+            let corpus = fuzz_dir.join("corpus").join(target);
+            std::fs::create_dir_all(&corpus)
+                .with_context(|| format!("creating {}", corpus.display()))?;
+            run.arg(&corpus).arg(&seeds);
+        }
+        shell::run(run.args(["--", &format!("-max_total_time={seconds}")])).with_context(|| {
+            format!("fuzz target {target} found a failure (see fuzz/artifacts/)")
+        })?;
     }
     Ok(())
 }

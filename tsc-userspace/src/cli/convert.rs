@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod journal;
+
 use anyhow::{Context, Result, bail};
 use tsc_common::tsc::TscParams;
 use tsc_userspace::{clock::Clock, kvm::Debugfs, vmm};
@@ -18,6 +20,14 @@ use tsc_userspace::{clock::Clock, kvm::Debugfs, vmm};
 /// Numbers are decimal or 0x hex; OFFSET is two's complement and may be
 /// negative. With --vm and --vcpu the offset and scaling are the ones KVM
 /// holds for that vCPU now.
+///
+/// With --journal PATH --vm PID|NAME --vcpu N, converts after the fact with
+/// the epochs an offset journal recorded (`tsc-tracer host` and `offsets
+/// --follow` write one): each value gets the epoch in force when it was
+/// taken, printed as `HOST_TSC [NS] epoch=N [flags]`, flagged as the live
+/// timeline is (resolved-by-order, outside-epoch, offset-not-applied).
+/// Give the values of one guest CPU in the order they were taken: when the
+/// guest rewound its TSC, that order picks the epoch.
 #[derive(clap::Args)]
 pub struct Args {
     /// TSC offset (guest = host + offset), e.g. -123456 or 0xffff...
@@ -29,21 +39,28 @@ pub struct Args {
         conflicts_with = "vm"
     )]
     offset: Option<u64>,
+    /// Convert with the epochs this offset journal recorded for --vm.
+    #[arg(long, requires = "vm", value_name = "PATH")]
+    journal: Option<std::path::PathBuf>,
     /// TSC scaling ratio (fixed point with --frac-bits fraction bits).
     #[arg(long, value_parser = parse_u64, requires = "frac_bits", conflicts_with = "vm")]
     ratio: Option<u64>,
     /// Fraction bits of --ratio (48 on Intel VMX, 32 on AMD SVM).
     #[arg(long, requires = "ratio")]
     frac_bits: Option<u32>,
-    /// Take offset and scaling from this VMM process's live KVM state.
-    #[arg(long, requires = "vcpu", value_name = "PID")]
-    vm: Option<u32>,
+    /// Take offset and scaling from this VMM process's live KVM state
+    /// (with --journal: the VM's pid or comm in the journal).
+    #[arg(long, requires = "vcpu", value_name = "PID|NAME")]
+    vm: Option<String>,
     /// The vCPU (KVM vcpu_id) of --vm.
     #[arg(long, requires = "vm", value_name = "N")]
     vcpu: Option<u32>,
     /// Also print the host CLOCK_MONOTONIC nanoseconds of each host TSC.
     #[arg(long)]
     ns: bool,
+    /// A guest TSC value (repeatable; the same as a GUEST_TSC argument).
+    #[arg(long = "guest-tsc", value_name = "T")]
+    guest_tsc: Vec<String>,
     /// Guest TSC values (read from stdin when none are given).
     #[arg(value_name = "GUEST_TSC", allow_hyphen_values = true)]
     guest: Vec<String>,
@@ -53,13 +70,22 @@ pub struct Args {
 const REFRESH_EVERY: Duration = tsc_userspace::clock::REFRESH_PERIOD;
 
 /// Runs `tsc-tracer convert`.
-pub fn run(args: Args) -> Result<ExitCode> {
-    let params = params(&args)?;
+pub fn run(mut args: Args) -> Result<ExitCode> {
+    let guest_tsc = std::mem::take(&mut args.guest_tsc);
+    args.guest.splice(0..0, guest_tsc);
+    let conversion = match &args.journal {
+        Some(path) => Conversion::Journal(journal::History::load(
+            path,
+            args.vm.as_deref().unwrap_or_default(),
+            args.vcpu.unwrap_or_default(),
+        )?),
+        None => Conversion::Fixed(params(&args)?),
+    };
     let clock = match args.ns {
         true => Some(Clock::calibrate().context("calibrating the TSC clock for --ns")?),
         false => None,
     };
-    let mut converter = Converter::new(params, clock);
+    let mut converter = Converter::new(conversion, clock);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let result = if args.guest.is_empty() {
@@ -78,7 +104,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn params(args: &Args) -> Result<TscParams> {
-    if let (Some(pid), Some(vcpu)) = (args.vm, args.vcpu) {
+    if let (Some(vm), Some(vcpu)) = (&args.vm, args.vcpu) {
+        let pid: u32 = vm
+            .parse()
+            .with_context(|| format!("--vm {vm}: a live VM is named by its pid"))?;
         let state = Debugfs::default()
             .vcpu(pid, vcpu)
             .with_context(|| format!("reading vCPU {vcpu} of VM {pid} from KVM's debugfs"))?;
@@ -106,17 +135,25 @@ fn params(args: &Args) -> Result<TscParams> {
     }
 }
 
+/// How values are converted.
+enum Conversion {
+    /// With one offset and scaling.
+    Fixed(TscParams),
+    /// With the epochs of a journal.
+    Journal(journal::History),
+}
+
 /// Converts one value per line; keeps the clock fresh while streaming.
 struct Converter {
-    params: TscParams,
+    conversion: Conversion,
     clock: Option<Clock>,
     refreshed: Instant,
 }
 
 impl Converter {
-    fn new(params: TscParams, clock: Option<Clock>) -> Self {
+    fn new(conversion: Conversion, clock: Option<Clock>) -> Self {
         Self {
-            params,
+            conversion,
             clock,
             refreshed: Instant::now(),
         }
@@ -146,21 +183,33 @@ impl Converter {
 
     fn line(&mut self, text: &str, out: &mut impl Write) -> Result<()> {
         let guest = parse_u64(text)?;
-        let host = self
-            .params
-            .host_from_guest(guest)
-            .with_context(|| format!("guest TSC {guest}"))?;
+        let (host, placed) = match &mut self.conversion {
+            Conversion::Fixed(params) => (
+                params
+                    .host_from_guest(guest)
+                    .with_context(|| format!("guest TSC {guest}"))?,
+                None,
+            ),
+            Conversion::Journal(history) => {
+                let p = history.place(guest);
+                (p.host, Some(p))
+            }
+        };
         match self.clock.as_mut() {
-            None => writeln!(out, "{host}"),
+            None => write!(out, "{host}"),
             Some(clock) => {
                 if self.refreshed.elapsed() >= REFRESH_EVERY {
                     clock.refresh().context("refreshing the TSC clock")?;
                     self.refreshed = Instant::now();
                 }
-                writeln!(out, "{host} {}", clock.tsc_to_ns(host))
+                write!(out, "{host} {}", clock.tsc_to_ns(host))
             }
         }
-        .context("writing stdout")
+        .context("writing stdout")?;
+        if let Some(p) = placed {
+            p.write_suffix(out).context("writing stdout")?;
+        }
+        writeln!(out).context("writing stdout")
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Args {
     /// Record into DIR even when it is not empty.
     #[arg(long, requires = "record")]
     force: bool,
+    /// The offset journal.
+    #[command(flatten)]
+    journal: super::offsets::JournalArgs,
 }
 
 /// `--format`: the live output's, or none.
@@ -107,6 +110,7 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         vms: args.vm,
         host_events: args.host_events,
         window: Duration::from_millis(args.window_ms),
+        journal: args.journal.options(),
         ..SessionOptions::default()
     };
     let mut session = Session::start(options)

@@ -8,12 +8,45 @@ use std::{
 
 use anyhow::{Context, Result};
 use tsc_userspace::{
+    clock::{Clock, read_tsc},
     ebpf::{DEFAULT_PIN_PATH, LoadOptions},
     offsets::{
         EventKind, OffsetEvent,
+        journal::{self, JournalOptions, LiveJournal},
         monitor::{Monitor, MonitorOptions},
     },
 };
+
+/// The offset journal's options, shared by `host` and `offsets --follow`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct JournalArgs {
+    /// Append every offset change and epoch boundary of every VM to this
+    /// journal (rotated by size), and restore the epoch history of the VMs
+    /// still running from it at start (`host`). `convert --journal` reads it.
+    #[arg(long, value_name = "PATH", default_value = journal::DEFAULT_PATH)]
+    pub journal: PathBuf,
+    /// Do not journal offsets (nor restore from the journal).
+    #[arg(long)]
+    pub no_journal: bool,
+    /// Size at which the journal rotates to PATH.1 (bytes, at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = journal::DEFAULT_MAX_FILE_BYTES)]
+    pub journal_max_bytes: u64,
+    /// Journal files kept, the one written included (at least 2): the
+    /// journal never takes more than this many times --journal-max-bytes.
+    #[arg(long, value_name = "N", default_value_t = journal::DEFAULT_KEEP_FILES)]
+    pub journal_keep: u32,
+}
+
+impl JournalArgs {
+    /// The journal to use, None when off.
+    pub fn options(&self) -> Option<JournalOptions> {
+        (!self.no_journal).then(|| JournalOptions {
+            path: self.journal.clone(),
+            max_file_bytes: self.journal_max_bytes,
+            keep_files: self.journal_keep,
+        })
+    }
+}
 
 /// Show the TSC offset of every vCPU of every VM on this host.
 ///
@@ -38,6 +71,9 @@ pub struct Args {
     /// Changes kept per vCPU.
     #[arg(long, default_value_t = 64)]
     history: usize,
+    /// With --follow: the offset journal.
+    #[command(flatten)]
+    journal: JournalArgs,
 }
 
 /// Runs `tsc-tracer offsets`.
@@ -74,22 +110,40 @@ async fn run_async(args: Args) -> Result<ExitCode> {
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
+    let journal = match args.journal.options() {
+        Some(options) => {
+            let clock = Clock::calibrate().context("calibrating the TSC clock for the journal")?;
+            let mut journal =
+                LiveJournal::open(Some(options)).context("opening the offset journal")?;
+            journal.record(&snapshot, &clock, read_tsc());
+            Some((journal, clock))
+        }
+        None => None,
+    };
     if let Some(pin) = monitor.pin_path() {
         tracing::info!(
             "following offset changes (offsets map pinned at {}); Ctrl-C to stop",
             pin.display()
         );
     }
-    follow(&mut monitor, &mut out).await
+    follow(&mut monitor, &mut out, journal).await
 }
 
-async fn follow(monitor: &mut Monitor, out: &mut Printer<'_>) -> Result<ExitCode> {
+async fn follow(
+    monitor: &mut Monitor,
+    out: &mut Printer<'_>,
+    mut journal: Option<(LiveJournal, Clock)>,
+) -> Result<ExitCode> {
     let shutdown = tsc_userspace::signal::shutdown();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             events = monitor.next() => {
-                for event in events? {
+                let events = events?;
+                if let Some((journal, clock)) = journal.as_mut() {
+                    journal.record(&events, clock, read_tsc());
+                }
+                for event in events {
                     if let Err(err) = out.event(&event) {
                         // A closed pipe (`| head`) is a normal way to stop.
                         if err.kind() == io::ErrorKind::BrokenPipe {

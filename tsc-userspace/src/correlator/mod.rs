@@ -49,7 +49,7 @@ use crate::{
         EventData, MergeConfig, MergeError, MergeItem, Merger, SourceId, SourceInfo, SourceKind,
         Sources,
     },
-    offsets::OffsetEvent,
+    offsets::{OffsetEvent, journal::JournalRecord},
     output::{EventWriter, WriteContext},
     tracefs::{FormatSet, LostEvents, Page, PageLayout},
 };
@@ -179,6 +179,23 @@ impl Correlator {
         let touches_bound = events.iter().any(|e| in_use(e.pid));
         self.vms.reap(in_use);
         touches_bound
+    }
+
+    /// Gives back the epoch history a previous session journaled, before
+    /// the live snapshot is applied: `records` are those of the VMs still
+    /// alive (see [`crate::offsets::journal::Restore`]), in the order
+    /// written, each placed at its recorded boundary, so an agent's events
+    /// from before the restart convert with the epochs they belong to.
+    /// Returns how many records were applied.
+    pub fn restore(
+        &mut self,
+        records: &[JournalRecord],
+        cmdline: &dyn Fn(u32) -> Vec<String>,
+    ) -> usize {
+        for record in records {
+            self.vms.apply_at(&record.event, &record.boundary, cmdline);
+        }
+        records.len()
     }
 
     /// Binds the agent of `info` to a VM and opens its CPU streams, or says

@@ -4,6 +4,7 @@
 //! so the sequences are replayed rather than produced live. The clock is a
 //! fixed one: no calibration, nothing read from the machine.
 
+mod restore;
 mod session;
 
 use super::{guest::place, vms::Vms};
@@ -62,6 +63,7 @@ fn event(
         changes: Some(seq),
         new_start_ns: at_ns,
         old_end_ns: at_ns,
+        boundary_uncertain: false,
     }
 }
 

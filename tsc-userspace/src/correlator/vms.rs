@@ -8,7 +8,7 @@ use tsc_common::tsc::TscParams;
 use super::bind::Candidate;
 use crate::{
     clock::Clock,
-    offsets::{EventKind, OffsetEvent},
+    offsets::{EventKind, OffsetEvent, journal::Boundary},
     timeline::{OffsetChange, VcpuTimeline},
 };
 
@@ -51,6 +51,20 @@ impl Vms {
         now: u64,
         cmdline: &dyn Fn(u32) -> Vec<String>,
     ) {
+        self.apply_at(event, &Boundary::of(event, clock, now), cmdline);
+    }
+
+    /// Applies one event at the host TSCs of `boundary` (as a live event is
+    /// placed, or as the journal recorded it). A snapshot row of a vCPU
+    /// that already has epochs (restored from the journal) with other
+    /// parameters than its latest is a change made while no session
+    /// watched: it starts a new epoch at the boundary.
+    pub fn apply_at(
+        &mut self,
+        event: &OffsetEvent,
+        boundary: &Boundary,
+        cmdline: &dyn Fn(u32) -> Vec<String>,
+    ) {
         if event.event == EventKind::VmExit {
             if let Some(vm) = self.vms.get_mut(&event.pid) {
                 vm.exited = true;
@@ -74,21 +88,21 @@ impl Vms {
         }
         vm.current.insert(vcpu, params);
         let timeline = vm.vcpus.entry(vcpu).or_default();
-        let at = |ns: Option<u64>| ns.map(|ns| clock.ns_to_tsc(ns));
+        let change = OffsetChange {
+            new_start: boundary.start_tsc,
+            params,
+            old_end: boundary.prev_end_tsc,
+        };
         let result = match event.event {
-            EventKind::Snapshot => timeline.bootstrap(params).map(drop),
-            EventKind::Entry => match at(event.new_start_ns) {
-                Some(start) => timeline.first_entry(start, params).map(drop),
-                None => Ok(()),
-            },
-            _ => {
-                let change = OffsetChange {
-                    new_start: at(event.new_start_ns).unwrap_or(now),
-                    params,
-                    old_end: at(event.old_end_ns),
-                };
-                timeline.offset_change(change).map(drop)
+            EventKind::Snapshot if timeline.latest().is_none() => {
+                timeline.bootstrap(params).map(drop)
             }
+            EventKind::Snapshot => timeline.offset_change(change).map(drop),
+            EventKind::Entry if event.new_start_ns.is_some() => {
+                timeline.first_entry(boundary.start_tsc, params).map(drop)
+            }
+            EventKind::Entry => Ok(()),
+            _ => timeline.offset_change(change).map(drop),
         };
         if let Err(err) = result {
             tracing::debug!("vCPU {vcpu} of pid {}: {err}", event.pid);

@@ -59,6 +59,13 @@ pub struct OffsetEvent {
     /// exit before the change when `kvm_exit` is followed, else the change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_end_ns: Option<u64>,
+    /// The epoch start is not exactly known: a change re-read from the
+    /// kernel map after a ring-buffer overflow (the map keeps only the last
+    /// change per vCPU and its kernel time, so changes before it were
+    /// lost and the previous epoch's end is unknown), or a change found
+    /// at a restart that happened while no session watched.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub boundary_uncertain: bool,
 }
 
 impl OffsetEvent {
@@ -87,6 +94,7 @@ impl OffsetEvent {
             changes: Some(v.changes),
             new_start_ns: None,
             old_end_ns: None,
+            boundary_uncertain: false,
         }
     }
 
@@ -107,6 +115,7 @@ impl OffsetEvent {
             changes: None,
             new_start_ns: None,
             old_end_ns: None,
+            boundary_uncertain: false,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod boundary;
 mod event;
+pub mod journal;
 pub mod monitor;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -258,7 +258,7 @@ impl Monitor {
             ktime_ns: record.ktime_ns,
             source: OffsetSource::Tracepoint,
         };
-        self.apply(record.tgid, record.vcpu_id, change, Some(edge));
+        self.apply(record.tgid, record.vcpu_id, change, Placed::Boundary(edge));
     }
 
     /// A first entry after a change (or first seen): the vCPU's own offset,
@@ -280,7 +280,7 @@ impl Monitor {
         }
     }
 
-    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change, edge: Option<&boundary::Boundary>) {
+    fn apply(&mut self, pid: u32, vcpu_id: u32, change: Change, placed: Placed<'_>) {
         let gone = self.track_vm(pid).is_none();
         if gone {
             // The VMM exited before we could look at it: show the change
@@ -292,8 +292,9 @@ impl Monitor {
             vcpu_id,
             change,
         }) {
-            if let Some(edge) = edge {
-                event = event.with_boundary(edge);
+            match placed {
+                Placed::Boundary(edge) => event = event.with_boundary(edge),
+                Placed::Reread { missed } => place_reread(&mut event, change.ktime_ns, missed),
             }
             self.queue.push_back(Pending {
                 event,
@@ -397,11 +398,44 @@ impl Monitor {
             let change = from_map(&value);
             let known = self.map.vcpu(key.tgid, key.vcpu_id).map_or(0, |v| v.seq);
             if value.seq > known {
-                self.apply(key.tgid, key.vcpu_id, change, None);
+                let missed = value.seq - known;
+                if missed > 1 {
+                    tracing::warn!(
+                        "vCPU {} of pid {}: {} offset changes were lost in the overflow; \
+                         the last one is placed at its kernel time, the epochs between are unknown \
+                         (boundary_uncertain)",
+                        key.vcpu_id,
+                        key.tgid,
+                        missed - 1
+                    );
+                }
+                self.apply(key.tgid, key.vcpu_id, change, Placed::Reread { missed });
             }
         }
         Ok(())
     }
+}
+
+/// Where a change's epoch starts.
+#[derive(Clone, Copy)]
+enum Placed<'a> {
+    /// A ring-buffer record, paired into its vCPU's boundary.
+    Boundary(&'a boundary::Boundary),
+    /// Re-read from the kernel map after an overflow, `missed` changes
+    /// after the last one the ring buffer delivered (more than one: the
+    /// changes between were lost).
+    Reread { missed: u64 },
+}
+
+/// Places a change re-read from the kernel map after an overflow. The map
+/// keeps the kernel time of the last change: that is where its epoch
+/// starts, not when it was read. With `missed` > 1 the changes before it
+/// were lost, so the epochs between (and the previous one's end) are
+/// unknown; without a kernel time the start is unknown too.
+fn place_reread(event: &mut OffsetEvent, ktime_ns: u64, missed: u64) {
+    event.new_start_ns = (ktime_ns != 0).then_some(ktime_ns);
+    event.old_end_ns = None;
+    event.boundary_uncertain = missed > 1 || ktime_ns == 0;
 }
 
 /// A change as the kernel offsets map holds it (the last one per vCPU).
@@ -508,4 +542,52 @@ fn watch_exit(process: ProcessId, tx: mpsc::UnboundedSender<ProcessId>) {
         }
         let _ = tx.send(process);
     });
+}
+
+#[cfg(test)]
+mod reread_tests {
+    use super::*;
+
+    fn event() -> OffsetEvent {
+        let mut map = OffsetMap::default();
+        map.ensure_vm(
+            ProcessId {
+                pid: 1,
+                start_time: 1,
+            },
+            "vmm",
+        );
+        let change = from_map(&VcpuOffset {
+            offset: 5,
+            prev: 0,
+            seq: 3,
+            ktime_ns: 0,
+        });
+        map.apply(Update {
+            pid: 1,
+            vcpu_id: 0,
+            change,
+        })
+        .expect("a new vCPU")
+    }
+
+    #[test]
+    fn a_reread_change_starts_at_the_maps_kernel_time_and_says_when_that_is_unsure() {
+        let mut e = event();
+        place_reread(&mut e, 7_000_000_123, 1);
+        assert_eq!(e.source, Some(OffsetSource::Map));
+        assert_eq!(
+            (e.new_start_ns, e.boundary_uncertain),
+            (Some(7_000_000_123), false)
+        );
+        // Two changes lost: the last one's time is exact, what came between is not.
+        place_reread(&mut e, 7_000_000_123, 2);
+        assert_eq!(
+            (e.new_start_ns, e.boundary_uncertain),
+            (Some(7_000_000_123), true)
+        );
+        // No kernel time: placed when received, and said.
+        place_reread(&mut e, 0, 1);
+        assert_eq!((e.new_start_ns, e.boundary_uncertain), (None, true));
+    }
 }

@@ -25,7 +25,10 @@ use crate::{
     correlator::{Correlator, CorrelatorConfig, HostPageError, ticks},
     ebpf::LoadOptions,
     ingest::{Ingest, IngestConfig, IngestError, IngestItem, SockAddr},
-    offsets::monitor::{Monitor, MonitorError, MonitorOptions},
+    offsets::{
+        journal::{self, JournalError, JournalOptions, LiveJournal},
+        monitor::{Monitor, MonitorError, MonitorOptions},
+    },
     output::EventWriter,
     tracefs::{EventName, TracefsError},
     wire::Endpoint,
@@ -59,6 +62,9 @@ pub enum SessionError {
     /// Writing the output failed.
     #[error("writing the timeline: {0}")]
     Output(#[source] std::io::Error),
+    /// The offset journal could not be read or opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// What a session is asked to do.
@@ -84,6 +90,8 @@ pub struct SessionOptions {
     pub load: LoadOptions,
     /// Agent connections.
     pub ingest: IngestConfig,
+    /// The offset journal: restored from at start, appended to (None: off).
+    pub journal: Option<JournalOptions>,
 }
 
 impl Default for SessionOptions {
@@ -98,6 +106,7 @@ impl Default for SessionOptions {
             bind_slack: Duration::from_secs(2),
             load: LoadOptions::default(),
             ingest: IngestConfig::default(),
+            journal: None,
         }
     }
 }
@@ -108,6 +117,7 @@ pub struct Session {
     ingest: Ingest,
     host: HostTrace,
     correlator: Correlator,
+    journal: LiveJournal,
     status: StatusLine,
     last_clock_refresh: Instant,
     last_comms: Instant,
@@ -147,7 +157,15 @@ impl Session {
             ..CorrelatorConfig::default()
         };
         let mut correlator = Correlator::new(config, clock, host.info())?;
-        correlator.offsets(&monitor.map().snapshot(), read_tsc(), &vmm_cmdline);
+        // The journal's history of the VMs still running first, then the
+        // live snapshot on top of it.
+        if let Some(options) = &options.journal {
+            correlator.restore(&journal::live::restore(options)?.records, &vmm_cmdline);
+        }
+        let mut journal = LiveJournal::open(options.journal.clone())?;
+        let (snapshot, now) = (monitor.map().snapshot(), read_tsc());
+        journal.record(&snapshot, correlator.clock(), now);
+        correlator.offsets(&snapshot, now, &vmm_cmdline);
         for spec in &options.vms {
             if correlator
                 .vms()
@@ -167,6 +185,7 @@ impl Session {
             ingest,
             host,
             correlator,
+            journal,
             status: StatusLine::new(options.status_line),
             last_clock_refresh: Instant::now(),
             last_comms: Instant::now(),
@@ -236,7 +255,9 @@ impl Session {
     }
 
     fn on_offsets(&mut self, events: &[crate::offsets::OffsetEvent]) {
-        let follow = self.correlator.offsets(events, read_tsc(), &vmm_cmdline);
+        let now = read_tsc();
+        self.journal.record(events, self.correlator.clock(), now);
+        let follow = self.correlator.offsets(events, now, &vmm_cmdline);
         if let Some(rec) = &mut self.recorder {
             let vms = self.correlator.vms();
             crate::record::live::offsets(rec, events, |pid| vms.get(pid)); // record
