@@ -58,6 +58,14 @@ pub struct Args {
     /// unviable: re-test only the misses after adding tests.
     #[arg(long)]
     pub iterate: bool,
+    /// Only the mutants whose name matches this regex (cargo-mutants `--re`).
+    #[arg(long, value_name = "REGEX")]
+    pub re: Option<String>,
+    /// Only the unit tests whose name contains this (e.g. `timeline::`):
+    /// faster, but a mutant caught only by another module's tests is
+    /// reported missed.
+    #[arg(long, value_name = "FILTER")]
+    pub tests: Option<String>,
     /// Only list the mutants, run nothing.
     #[arg(long)]
     pub list: bool,
@@ -77,6 +85,11 @@ pub fn run(args: Args) -> Result<()> {
             "cargo mutants on {package}: {} (unit tests only; results in target/mutants/{package})",
             files.join(" ")
         ));
+        let output = shell::workspace_root()
+            .join("target/mutants")
+            .join(&package);
+        std::fs::create_dir_all(&output)
+            .with_context(|| format!("could not create {}", output.display()))?;
         let mut cmd = shell::command("cargo");
         cmd.args(mutants_args(&package, &files, &args));
         if let Err(err) = shell::run(&mut cmd) {
@@ -127,8 +140,6 @@ fn mutants_args(package: &str, files: &[String], args: &Args) -> Vec<String> {
         "mutants".into(),
         "--package".into(),
         package.into(),
-        "--jobs".into(),
-        args.jobs.to_string(),
         "--output".into(),
         format!("target/mutants/{package}"),
     ];
@@ -142,7 +153,13 @@ fn mutants_args(package: &str, files: &[String], args: &Args) -> Vec<String> {
         out.extend(["--timeout".into(), timeout.to_string()]);
     }
     if args.in_place {
+        // One tree, so one job (cargo-mutants refuses --jobs here).
         out.push("--in-place".into());
+    } else {
+        out.extend(["--jobs".into(), args.jobs.to_string()]);
+    }
+    if let Some(re) = &args.re {
+        out.extend(["--re".into(), re.clone()]);
     }
     if args.iterate {
         out.push("--iterate".into());
@@ -152,6 +169,9 @@ fn mutants_args(package: &str, files: &[String], args: &Args) -> Vec<String> {
     }
     // Unit tests only: the integration tests need root, VMs and minutes.
     out.extend(["--".into(), "--lib".into()]);
+    if let Some(filter) = &args.tests {
+        out.push(filter.clone());
+    }
     out
 }
 
