@@ -91,7 +91,12 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(&output)
             .with_context(|| format!("could not create {}", output.display()))?;
         let mut cmd = shell::command("cargo");
-        cmd.args(mutants_args(&package, &files, &args));
+        cmd.args(mutants_args(&package, &files, &args))
+            // A caught mutant needs no minimal failing case (shrinking takes
+            // minutes), and its failures must not land in the tree as
+            // proptest-regressions files.
+            .env("PROPTEST_MAX_SHRINK_ITERS", "0")
+            .env("PROPTEST_DISABLE_FAILURE_PERSISTENCE", "1");
         if let Err(err) = shell::run(&mut cmd) {
             // cargo-mutants exits non-zero when a mutant survives: go on
             // with the other packages and fail at the end.
