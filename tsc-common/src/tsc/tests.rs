@@ -223,3 +223,29 @@ fn same_conversion_compares_ratios_as_fractions() {
     assert!(!params(7, (3 << 31) + 1, 32).same_conversion(&params(7, 3 << 47, 48)));
     assert!(!params(8, 1 << 32, 32).same_conversion(&TscParams::unscaled(7)));
 }
+
+#[test]
+fn inverse_reaches_u64_max_exactly_and_overflows_one_past_it() {
+    // Guest at 3/4 of the host rate: host = ceil(4 * guest / 3). The last
+    // guest TSC whose host fits is 3 * 2^62 - 1 (host 2^64 - 1, the last
+    // host TSC, which reads as that guest TSC); the next one needs 2^64.
+    let p = params(0, 3, 2);
+    let last = 3 * (1u64 << 62) - 1;
+    assert_eq!(p.guest_from_host(u64::MAX), last);
+    assert_eq!(p.host_from_guest(last), Ok(u64::MAX));
+    assert_eq!(p.host_from_guest(last + 1), Err(ConvertError::Overflow));
+}
+
+#[test]
+fn errors_say_what_is_wrong() {
+    use std::string::ToString;
+    assert_eq!(
+        ConvertError::Overflow.to_string(),
+        "the host TSC for this guest TSC exceeds 2^64 - 1"
+    );
+    assert_eq!(
+        ParamsError::FracBits(64).to_string(),
+        "TSC scaling frac bits 64 > 63"
+    );
+    assert_eq!(ParamsError::ZeroRatio.to_string(), "TSC scaling ratio is 0");
+}

@@ -490,3 +490,14 @@ proptest! {
         prop_assert!(stats.total.reordered + stats.total.late >= backwards);
     }
 }
+
+#[test]
+fn config_is_the_one_given() {
+    let config = MergeConfig {
+        window: 1234,
+        max_held: 7,
+    };
+    assert_eq!(Merger::new(config).config(), config);
+    assert_eq!(MergeConfig::new(99).max_held, MergeConfig::DEFAULT_MAX_HELD);
+    assert_eq!(MergeConfig::default().window, 1 << 31);
+}

@@ -399,3 +399,61 @@ proptest! {
         }
     }
 }
+
+/// A last exit reported after the change itself cannot end the old epoch
+/// (the vCPU was not running at the change): the change's own time does.
+#[test]
+fn a_last_exit_after_the_change_is_not_the_end() {
+    let mut tl = VcpuTimeline::default();
+    tl.offset_change(change(1000, unscaled(-1000))).unwrap();
+    tl.offset_change(OffsetChange {
+        at: 1040,
+        params: unscaled(-1040),
+        last_exit: Some(1045),
+    })
+    .unwrap();
+    // An exit exactly at the change ends the epoch there too.
+    tl.offset_change(OffsetChange {
+        at: 1080,
+        params: unscaled(-1080),
+        last_exit: Some(1080),
+    })
+    .unwrap();
+    let bounds: Vec<_> = tl.epochs().map(|e| (e.host_start, e.host_end)).collect();
+    assert_eq!(
+        bounds,
+        [
+            (Some(1000), Some(1040)),
+            (Some(1040), Some(1080)),
+            (Some(1080), None)
+        ]
+    );
+}
+
+/// Only the first entry after a change refines the epoch's start; a later
+/// entry with the same parameters (the vCPU re-entering after an exit) must
+/// not move it, or the guest time in between would fall out of the epoch.
+#[test]
+fn a_second_entry_does_not_move_the_start() {
+    let mut tl = VcpuTimeline::default();
+    tl.offset_change(change(1000, unscaled(-1000))).unwrap();
+    assert_eq!(tl.first_entry(1002, unscaled(-1000)), Ok(Entry::Matched(0)));
+    assert_eq!(tl.first_entry(1500, unscaled(-1000)), Ok(Entry::Matched(0)));
+    let latest = tl.latest().unwrap();
+    assert_eq!((latest.seq, latest.host_start), (0, Some(1002)));
+    // Guest TSC 100 is host 1100, between the two entries: still explained.
+    let mut cursor = StreamCursor::default();
+    let a = tl.assign(&mut cursor, 100).unwrap();
+    assert_eq!((a.host, a.epoch, a.flags), (1100, 0, Flags::NONE));
+}
+
+#[test]
+fn latest_is_the_newest_epoch() {
+    let mut tl = VcpuTimeline::default();
+    assert_eq!(tl.latest(), None);
+    tl.offset_change(change(10, unscaled(-10))).unwrap();
+    tl.offset_change(change(20, unscaled(-20))).unwrap();
+    let latest = tl.latest().unwrap();
+    assert_eq!((latest.seq, latest.params), (1, unscaled(-20)));
+    assert_eq!(latest.host_start, Some(20));
+}
