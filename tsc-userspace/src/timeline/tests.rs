@@ -407,16 +407,16 @@ fn a_last_exit_after_the_change_is_not_the_end() {
     let mut tl = VcpuTimeline::default();
     tl.offset_change(change(1000, unscaled(-1000))).unwrap();
     tl.offset_change(OffsetChange {
-        at: 1040,
+        new_start: 1040,
         params: unscaled(-1040),
-        last_exit: Some(1045),
+        old_end: Some(1045),
     })
     .unwrap();
     // An exit exactly at the change ends the epoch there too.
     tl.offset_change(OffsetChange {
-        at: 1080,
+        new_start: 1080,
         params: unscaled(-1080),
-        last_exit: Some(1080),
+        old_end: Some(1080),
     })
     .unwrap();
     let bounds: Vec<_> = tl.epochs().map(|e| (e.host_start, e.host_end)).collect();
