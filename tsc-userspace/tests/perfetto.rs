@@ -27,18 +27,6 @@ use tsc_userspace::{
     tracefs::{FormatSet, Instance, InstanceOptions, Page},
 };
 
-/// The venv `cargo xtask setup` installs `perfetto` and `protobuf` into.
-fn python() -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let py = Path::new(&home).join(".local/share/tsc-tracer/venv/bin/python3");
-    assert!(
-        py.exists(),
-        "{} is missing: run `cargo xtask setup`",
-        py.display()
-    );
-    py
-}
-
 fn check_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perfetto_check.py")
 }
@@ -334,7 +322,7 @@ fn replayed_histories_decode_with_the_official_schema() {
     if !common::privileged("replayed_histories_decode_with_the_official_schema") {
         return;
     }
-    let py = python();
+    let py = common::perfetto_python();
     let clock = Clock::calibrate().unwrap();
     let (formats, records) = record();
     assert!(records.len() > 20, "{} records", records.len());

@@ -8,7 +8,7 @@ mod common;
 use std::{
     collections::HashMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{Arc, Mutex},
     time::Duration,
@@ -53,23 +53,12 @@ impl EventWriter for Tee {
     }
 }
 
-fn python() -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let py = Path::new(&home).join(".local/share/tsc-tracer/venv/bin/python3");
-    assert!(
-        py.exists(),
-        "{} is missing: run `cargo xtask setup`",
-        py.display()
-    );
-    py
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_vm_and_agent_open_as_two_machines() {
     if !common::privileged("a_live_vm_and_agent_open_as_two_machines") {
         return;
     }
-    let py = python();
+    let py = common::perfetto_python();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("live.perfetto-trace");
 

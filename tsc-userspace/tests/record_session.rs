@@ -4,13 +4,7 @@
 
 mod common;
 
-use std::{
-    io::{self, Write},
-    path::Path,
-    process::Command,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::oneshot, task::JoinHandle};
@@ -29,44 +23,11 @@ use tsc_userspace::{
 const BINARY: &str = env!("CARGO_BIN_EXE_tsc-tracer");
 
 /// Sessions use tracefs and the kernel programs: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Shared {
-    fn events(&self) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
 fn ready(test: &str) -> bool {
     if !common::privileged(test) {
         return false;
     }
-    if which::which("trace-cmd").is_err() {
-        assert!(
-            std::env::var_os(common::REQUIRE_PRIVILEGED).is_none(),
-            "trace-cmd is missing (cargo xtask setup installs it)"
-        );
-        eprintln!("*** SKIPPED: trace-cmd is missing ***");
-        return false;
-    }
+    common::require_tool("trace-cmd");
     true
 }
 
@@ -74,7 +35,7 @@ struct Running {
     endpoint: Endpoint,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Summary>,
-    out: Shared,
+    out: common::SharedBuf,
 }
 
 /// A session bound to `vm` as `name`, recording into `dir`.
@@ -102,7 +63,7 @@ async fn start_session(vm: u32, name: &str, dir: &Path) -> Running {
         host: "127.0.0.1".into(),
         port: addr.port(),
     };
-    let out = Shared::default();
+    let out = common::SharedBuf::default();
     let writer_out = out.clone();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -131,7 +92,7 @@ impl Running {
     async fn finish(self) -> (Summary, Vec<Value>) {
         let _ = self.stop.send(());
         let summary = self.task.await.expect("session task");
-        (summary, self.out.events())
+        (summary, self.out.json_lines())
     }
 }
 
@@ -225,7 +186,7 @@ async fn recording_holds_exactly_the_live_timeline() {
     if !ready("recording_holds_exactly_the_live_timeline") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(common::Resource::Tracing);
     let dir = tempfile::tempdir().unwrap();
     let mut child = vm_child();
     let session = start_session(child.pid(), "g1", dir.path()).await;
@@ -366,7 +327,7 @@ async fn a_killed_session_is_assembled_by_record_finish() {
     if !ready("a_killed_session_is_assembled_by_record_finish") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(common::Resource::Tracing);
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
     let child = vm_child();
@@ -404,6 +365,13 @@ async fn a_killed_session_is_assembled_by_record_finish() {
     })
     .await
     .expect("every marker spilled");
+    // The Perfetto trace is written live, as the merge releases events.
+    let perfetto = rec.join(tsc_userspace::record::PERFETTO_FILE);
+    let before_kill = wait_for(Duration::from_secs(30), || {
+        Some(common::perfetto_packets(&perfetto)).filter(|&n| n > 1)
+    })
+    .await
+    .expect("the recording's Perfetto trace gets its first events");
     // kill -9: the process we started, by its pid.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(host.id() as i32),
@@ -417,6 +385,8 @@ async fn a_killed_session_is_assembled_by_record_finish() {
         !rec.join("host.dat").exists(),
         "nothing assembled before the kill"
     );
+    // What the killed session left of it still decodes.
+    assert!(common::perfetto_packets(&perfetto) >= before_kill);
     let status = Command::new(BINARY)
         .arg("record-finish")
         .arg(&rec)
@@ -457,7 +427,7 @@ async fn hostile_agents_do_not_spoil_the_recording() {
     if !ready("hostile_agents_do_not_spoil_the_recording") {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let _turn = common::take_turn(common::Resource::Tracing);
     let dir = tempfile::tempdir().unwrap();
     let child = vm_child();
     let session = start_session(child.pid(), "good", dir.path()).await;

@@ -140,6 +140,13 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         }
         Format::None => Box::new(output::Discard),
     };
+    if let Some(dir) = &args.record {
+        // The recording's Perfetto trace: the same events as the live output.
+        let path = dir.join(record::PERFETTO_FILE);
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let copy = output::writer(OutputFormat::Perfetto, args.clock, FlushPolicy::Batch, file);
+        writer = Box::new(output::Tee::new(writer, path.display().to_string(), copy));
+    }
     let shutdown = async {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!("{signal}: flushing and stopping"),

@@ -72,6 +72,7 @@
 mod json;
 pub mod perfetto;
 mod sink;
+mod tee;
 mod text;
 mod value;
 
@@ -80,6 +81,7 @@ use std::io::{self, Write};
 pub use json::JsonWriter;
 pub use perfetto::PerfettoWriter;
 pub use sink::FlushPolicy;
+pub use tee::Tee;
 pub use text::TextWriter;
 
 use crate::{

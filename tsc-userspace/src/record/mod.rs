@@ -29,4 +29,5 @@ pub use assemble::{AssembleError, assemble};
 pub use dat::{CpuData, DatFile, Formats};
 pub use meta::{GuestMeta, RecordingMeta, StreamMeta};
 pub use options::{DatOption, GuestVcpu, TimeShiftCpu, TimeShiftSample, Tsc2Nsec};
+pub use readme::PERFETTO_FILE;
 pub use recorder::{Recorder, RecorderError};

@@ -4,6 +4,10 @@ use std::fmt::Write;
 
 use super::{assemble::HOST_FILE, meta::RecordingMeta, recorder::OFFSETS_FILE};
 
+/// The Perfetto trace `tsc-tracer host --record` writes beside the
+/// trace.dat files, from the same merged events as the live output.
+pub const PERFETTO_FILE: &str = "trace.perfetto-trace";
+
 /// The README text for a recording.
 pub fn text(meta: &RecordingMeta) -> String {
     let mut t = String::from(
@@ -23,6 +27,7 @@ pub fn text(meta: &RecordingMeta) -> String {
     let _ = writeln!(
         t,
         "  {OFFSETS_FILE}  every offset event of the bound VMs (tsc-tracer offsets --json keys)\n  \
+         {PERFETTO_FILE}  the merged timeline as a Perfetto trace (ui.perfetto.dev, \"Open trace file\"), written live\n  \
          spill/  the pages as recorded; `tsc-tracer record-finish DIR` rebuilds the .dat files from it\n"
     );
     let guests: String = meta

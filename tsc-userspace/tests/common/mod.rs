@@ -136,3 +136,38 @@ pub fn remove_instance_dir(path: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The Python with the PyPI `perfetto` and `protobuf` packages, in the venv
+/// `cargo xtask setup` makes.
+#[track_caller]
+pub fn perfetto_python() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let py = Path::new(&home).join(".local/share/tsc-tracer/venv/bin/python3");
+    assert!(
+        py.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        py.display()
+    );
+    py
+}
+
+/// How many packets a Perfetto trace has, decoded with the official schema
+/// (`tests/perfetto_check.py count`); fails when it does not decode.
+#[track_caller]
+pub fn perfetto_packets(trace: &Path) -> u64 {
+    let out = std::process::Command::new(perfetto_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perfetto_check.py"))
+        .arg("count")
+        .arg(trace)
+        .output()
+        .expect("running perfetto_check.py");
+    assert!(
+        out.status.success(),
+        "{} does not decode: {}",
+        trace.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("perfetto_check.py answers JSON");
+    answer["packets"].as_u64().expect("a packet count")
+}
