@@ -42,14 +42,11 @@ fn ready(test: &str) -> bool {
     if !common::privileged(test) {
         return false;
     }
-    if which::which("trace-cmd").is_err() || !Path::new(TRACEFS).join("header_page").exists() {
-        assert!(
-            std::env::var_os(common::REQUIRE_PRIVILEGED).is_none(),
-            "trace-cmd or tracefs is missing (cargo xtask setup installs and mounts them)"
-        );
-        eprintln!("*** SKIPPED: trace-cmd or tracefs is missing ***");
-        return false;
-    }
+    common::require_tool("trace-cmd");
+    assert!(
+        Path::new(TRACEFS).join("header_page").exists(),
+        "tracefs is not mounted at {TRACEFS} (cargo xtask setup mounts it)"
+    );
     true
 }
 

@@ -41,19 +41,14 @@ fn ready(test: &str) -> bool {
     if !common::privileged(test) {
         return false;
     }
-    let missing: Vec<&str> = ["kernelshark", "Xvfb", "xdotool"]
-        .into_iter()
-        .filter(|t| which::which(t).is_err())
-        .collect();
-    if missing.is_empty() && Path::new(TRACEFS).join("header_page").exists() {
-        return true;
+    for tool in ["kernelshark", "Xvfb", "xdotool"] {
+        common::require_tool(tool);
     }
     assert!(
-        std::env::var_os(common::REQUIRE_PRIVILEGED).is_none(),
-        "{missing:?} missing (cargo xtask setup installs them) or tracefs not mounted"
+        Path::new(TRACEFS).join("header_page").exists(),
+        "tracefs is not mounted at {TRACEFS} (cargo xtask setup mounts it)"
     );
-    eprintln!("*** SKIPPED: {missing:?} missing ***");
-    false
+    true
 }
 
 fn text(rel: &str) -> String {
