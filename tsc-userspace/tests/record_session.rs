@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::session;
+
 use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
@@ -11,10 +13,8 @@ use tokio::{io::AsyncWriteExt, net::TcpStream, sync::oneshot, task::JoinHandle};
 use tsc_userspace::{
     agent::{Agent, AgentConfig, AgentError, AgentReport},
     demo::{self, DemoAgent},
-    ingest::SockAddr,
-    output::{self, ClockMode, FlushPolicy, OutputFormat},
     record::{Recorder, RecordingMeta, spill},
-    session::{Session, SessionOptions, Summary, VmSpec},
+    session::{Session, VmSpec},
     tracefs::{Page, PageLayout},
     vmm::Child,
     wire::Endpoint,
@@ -31,69 +31,17 @@ fn ready(test: &str) -> bool {
     true
 }
 
-struct Running {
-    endpoint: Endpoint,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Summary>,
-    out: common::SharedBuf,
-}
-
 /// A session bound to `vm` as `name`, recording into `dir`.
-async fn start_session(vm: u32, name: &str, dir: &Path) -> Running {
-    let options = SessionOptions {
-        listen: vec!["tcp:127.0.0.1:0".parse().unwrap()],
-        vms: vec![VmSpec {
-            pid: vm,
-            name: Some(name.into()),
-        }],
-        window: Duration::from_millis(300),
-        status_line: false,
-        load: tsc_userspace::ebpf::LoadOptions {
-            pin_path: None,
-            ..Default::default()
-        },
-        ..SessionOptions::default()
-    };
-    let mut session = Session::start(options).await.expect("session starts");
+async fn start_session(vm: u32, name: &str, dir: &Path) -> session::Running {
+    let vms = vec![VmSpec {
+        pid: vm,
+        name: Some(name.into()),
+    }];
+    let mut session = Session::start(session::options(vms))
+        .await
+        .expect("session starts");
     session.record_into(Recorder::create(dir, false).unwrap());
-    let SockAddr::Tcp(addr) = session.local_addrs()[0] else {
-        panic!("tcp listener")
-    };
-    let endpoint = Endpoint::Tcp {
-        host: "127.0.0.1".into(),
-        port: addr.port(),
-    };
-    let out = common::SharedBuf::default();
-    let writer_out = out.clone();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut writer = output::writer(
-            OutputFormat::Json,
-            ClockMode::Tsc,
-            FlushPolicy::Batch,
-            writer_out,
-        );
-        session
-            .run(writer.as_mut(), async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("session runs")
-    });
-    Running {
-        endpoint,
-        stop,
-        task,
-        out,
-    }
-}
-
-impl Running {
-    async fn finish(self) -> (Summary, Vec<Value>) {
-        let _ = self.stop.send(());
-        let summary = self.task.await.expect("session task");
-        (summary, self.out.json_lines())
-    }
+    session::run(session)
 }
 
 fn agent_config(endpoint: &Endpoint, name: &str, events: &[&str]) -> AgentConfig {

@@ -4,7 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Resource, SharedBuf};
+use common::{
+    Resource,
+    session::{self, Running},
+};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -15,9 +18,7 @@ use tokio::{
 use tsc_userspace::{
     agent::{Agent, AgentConfig, AgentError},
     clock::read_tsc,
-    ingest::SockAddr,
-    output::{self, ClockMode, FlushPolicy, OutputFormat},
-    session::{Session, SessionOptions, Summary, VmSpec},
+    session::{Session, VmSpec},
     vmm::Child,
     wire::Endpoint,
 };
@@ -27,74 +28,12 @@ const BINARY: &str = env!("CARGO_BIN_EXE_tsc-tracer");
 /// How long a session may take to write out what a test waits for.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A session running in a task, stopped by `stop`.
-struct Running {
-    endpoint: Endpoint,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Summary>,
-    out: SharedBuf,
-}
-
 async fn start_session(vms: Vec<VmSpec>) -> Running {
-    let options = SessionOptions {
-        listen: vec!["tcp:127.0.0.1:0".parse().unwrap()],
-        vms,
-        window: Duration::from_millis(300),
-        load: tsc_userspace::ebpf::LoadOptions {
-            pin_path: None,
-            ..Default::default()
-        },
-        ..SessionOptions::default()
-    };
-    let session = Session::start(options).await.expect("session starts");
-    let SockAddr::Tcp(addr) = session.local_addrs()[0] else {
-        panic!("tcp listener")
-    };
-    let endpoint = Endpoint::Tcp {
-        host: "127.0.0.1".into(),
-        port: addr.port(),
-    };
-    let out = SharedBuf::default();
-    let writer_out = out.clone();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut writer = output::writer(
-            OutputFormat::Json,
-            ClockMode::Tsc,
-            FlushPolicy::Batch,
-            writer_out,
-        );
-        session
-            .run(writer.as_mut(), async {
-                let _ = stopped.await;
-            })
+    session::run(
+        Session::start(session::options(vms))
             .await
-            .expect("session runs")
-    });
-    Running {
-        endpoint,
-        stop,
-        task,
-        out,
-    }
-}
-
-impl Running {
-    async fn finish(self) -> (Summary, Vec<Value>) {
-        let _ = self.stop.send(());
-        let summary = self.task.await.expect("session task");
-        (summary, self.out.json_lines())
-    }
-
-    /// Waits until the events the session has written so far satisfy
-    /// `done`; fails saying `what` never happened.
-    async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) {
-        let out = self.out.clone();
-        common::wait_for(what, WAIT, || {
-            done(&out.complete_json_lines()).then_some(())
-        })
-        .await;
-    }
+            .expect("session starts"),
+    )
 }
 
 fn agent_config(endpoint: &Endpoint, name: &str) -> AgentConfig {
@@ -181,6 +120,7 @@ async fn agent_bound_with_vm_merges_host_and_guest_events_in_order() {
     session
         .wait_for(
             &format!("all {MARKERS} markers of the agent bound to g1 written out"),
+            WAIT,
             |e| markers(e, "session-test").len() >= MARKERS,
         )
         .await;
@@ -195,6 +135,7 @@ async fn agent_bound_with_vm_merges_host_and_guest_events_in_order() {
     session
         .wait_for(
             &format!("more than {READINGS} kvm_userspace_exit events written out"),
+            WAIT,
             |e| of_event(e, "kvm:kvm_userspace_exit").count() as u64 > READINGS,
         )
         .await;
@@ -284,9 +225,11 @@ async fn two_agents_two_vms_no_cross_talk_and_an_ambiguous_agent_is_refused() {
     let (stop_a, agent_a) = agent_with_markers(&session.endpoint, "alpha", "from-alpha", 200).await;
     let (stop_b, agent_b) = agent_with_markers(&session.endpoint, "beta", "from-beta", 300).await;
     session
-        .wait_for("200 markers of alpha and 300 of beta written out", |e| {
-            markers(e, "from-alpha").len() >= 200 && markers(e, "from-beta").len() >= 300
-        })
+        .wait_for(
+            "200 markers of alpha and 300 of beta written out",
+            WAIT,
+            |e| markers(e, "from-alpha").len() >= 200 && markers(e, "from-beta").len() >= 300,
+        )
         .await;
     let _ = (stop_a.send(()), stop_b.send(()));
     agent_a.await.unwrap().unwrap();
@@ -376,7 +319,7 @@ async fn hostile_agents_end_their_own_connection_and_the_good_one_is_complete() 
         );
     }
     session
-        .wait_for("the good agent's 1000 markers written out", |e| {
+        .wait_for("the good agent's 1000 markers written out", WAIT, |e| {
             markers(e, "survivor").len() >= 1000
         })
         .await;

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod privilege;
+pub mod session;
 mod shared_buf;
 
 use std::{
