@@ -9,9 +9,11 @@
 //! 3. **timeline**: [`timeline`] keeps each vCPU's epochs and places a guest
 //!    timestamp in one, with [`Flags`] saying how sure the place is;
 //!    [`clock`] turns host TSC into `CLOCK_MONOTONIC` nanoseconds.
-//! 4. **ingest**: in the guest, [`agent`] streams its raw [`tracefs`]
-//!    pages over the [`wire`] protocol (`docs/PROTOCOL.md`); on the host,
-//!    [`ingest`] accepts agents and decodes their pages in place.
+//! 4. **ingest**: in the guest, [`agent`] streams the raw [`tracefs`] pages
+//!    [`page_reader`] reads (with each CPU's exact watermark) over the
+//!    [`wire`] protocol (`docs/PROTOCOL.md`); on the host, [`ingest`]
+//!    accepts agents and decodes their pages in place, and the session
+//!    reads its own instance with the same [`page_reader`].
 //! 5. **correlator**: [`correlator`] binds agents to VMs, converts each
 //!    guest timestamp with the epoch it belongs to and feeds the merge. It
 //!    does no I/O; [`session`] is the live loop around it.
@@ -23,7 +25,7 @@
 //! minimal VMM on `/dev/kvm` (tests, demo), [`demo`] the toy guest behind
 //! `tsc-tracer demo`.
 //!
-//! Without the default `host` feature only [`agent`], [`signal`], [`tracefs`]
+//! Without the default `host` feature only [`agent`], [`page_reader`], [`signal`], [`tracefs`]
 //! and [`wire`] build: the guest agent alone (the `tsc-agent` binary), with
 //! stable Rust and none of the kernel side's dependencies.
 
@@ -52,6 +54,7 @@ pub mod merge;
 pub mod offsets;
 #[cfg(feature = "host")]
 pub mod output;
+pub mod page_reader;
 #[cfg(feature = "host")]
 pub mod process;
 #[cfg(feature = "host")]

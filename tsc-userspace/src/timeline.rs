@@ -29,7 +29,7 @@
 //!
 //! Lookup is O(1) when the stream stays in its epoch and the guest TSC is
 //! outside the part of that epoch another epoch also explains: each epoch
-//! keeps the set of guest TSCs it explains ([`arc`]) and a span covering
+//! keeps the set of guest TSCs it explains (`arc`) and a span covering
 //! its overlaps with all others, so the test is two compares and the
 //! conversion. Otherwise it scans the kept history (bounded, oldest dropped
 //! and counted).

@@ -9,7 +9,6 @@
 //! Bye and removes the instance.
 
 mod hello;
-pub mod pages;
 mod ship;
 pub mod sysinfo;
 pub mod transport;
@@ -38,7 +37,7 @@ const QUEUE_PAGES: usize = 256;
 
 /// Per-CPU ring buffer, KiB, unless asked otherwise (the kernel's default
 /// is 1408). Sized up front, never grown while recording (see
-/// [`pages`]): with reads on wake-up and every few ms, it absorbs a
+/// [`crate::page_reader`]): with reads on wake-up and every few ms, it absorbs a
 /// 500,000-event burst on one CPU.
 pub const DEFAULT_BUFFER_KB: u32 = 4096;
 /// How full (percent) a CPU's buffer gets before the kernel wakes the
@@ -65,7 +64,7 @@ pub struct AgentConfig {
     /// Interval between KeepAlives.
     pub keepalive: Duration,
     /// Shortest interval at which every CPU is read, partly filled pages
-    /// included (it grows up to [`pages::IDLE_FACTOR`] times while all are
+    /// included (it grows up to [`crate::page_reader::IDLE_FACTOR`] times while all are
     /// idle).
     pub flush: Duration,
     /// Per-CPU ring buffer size in KiB (`None`: [`DEFAULT_BUFFER_KB`]).
@@ -203,11 +202,11 @@ impl Agent {
             on_signal.cancel();
         });
         let (tx, rx) = mpsc::channel(QUEUE_PAGES);
-        let read = pages::ReadConfig {
+        let read = crate::page_reader::ReadConfig {
             flush: self.config.flush,
-            idle_factor: pages::IDLE_FACTOR,
+            idle_factor: crate::page_reader::IDLE_FACTOR,
         };
-        let readers = pages::Readers::start_with_marks(self.pipes, tx, read);
+        let readers = crate::page_reader::Readers::start_with_marks(self.pipes, tx, read);
         let mut shipper = ship::Shipper::new(self.config, self.instance, self.hello, rx);
         let result = shipper.run(&stop, &readers).await;
         readers.stop();

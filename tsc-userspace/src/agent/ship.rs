@@ -15,12 +15,11 @@ use tokio_util::{codec::FramedRead, sync::CancellationToken};
 use tracing::{info, warn};
 
 use super::{
-    AgentConfig, AgentError, AgentReport, hello,
-    pages::{Read, Readers},
-    sysinfo,
+    AgentConfig, AgentError, AgentReport, hello, sysinfo,
     transport::{self, Backoff, ConnectError, Transport},
 };
 use crate::{
+    page_reader::{Read, Readers},
     tracefs::Instance,
     wire::{
         DEFAULT_MAX_BODY, Frame, FrameCodec, Hello, Lost, MIN_VERSION, Page, TscSample, VERSION,

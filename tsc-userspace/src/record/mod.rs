@@ -8,7 +8,7 @@
 //! - [`timeshift`]: a vCPU's epochs as `TIME_SHIFT` samples, or its pages
 //!   rewritten in host TSC where the samples could not place every event
 //!   exactly as [`crate::timeline`] does;
-//! - [`spill`], [`meta`], [`recorder`], [`assemble`]: the live side (pages
+//! - [`spill`], [`meta`], [`recorder`], [`assemble`](mod@assemble): the live side (pages
 //!   appended to per-CPU spill files as they arrive, a JSON description of
 //!   what assembly needs) and the assembly at the end or after a crash.
 //!

@@ -6,7 +6,7 @@ use std::{fs, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 
 use crate::{
-    agent::pages::{Read, ReadConfig, Readers},
+    page_reader::{Read, ReadConfig, Readers},
     tracefs::{EventName, FormatSet, Instance, InstanceOptions, PageLayout, TracefsError},
 };
 
@@ -65,7 +65,7 @@ impl HostTrace {
         let (tx, pages) = mpsc::channel(1024);
         let config = ReadConfig {
             flush: FLUSH,
-            idle_factor: crate::agent::pages::IDLE_FACTOR,
+            idle_factor: crate::page_reader::IDLE_FACTOR,
         };
         let readers = Readers::start_with_marks(pipes, tx, config);
         Ok(Self {

@@ -20,7 +20,6 @@ use std::{
 pub use crate::correlator::{Summary, VmSpec};
 
 use crate::{
-    agent::pages::Read,
     clock::{Clock, ClockError, read_tsc},
     correlator::{Correlator, CorrelatorConfig, HostPageError, ticks},
     ebpf::LoadOptions,
@@ -30,6 +29,7 @@ use crate::{
         monitor::{Monitor, MonitorError, MonitorOptions},
     },
     output::EventWriter,
+    page_reader::Read,
     tracefs::{EventName, TracefsError},
     wire::Endpoint,
 };

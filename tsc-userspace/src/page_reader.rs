@@ -1,5 +1,7 @@
-//! One task moves every CPU's pages from `trace_pipe_raw` into a bounded
-//! queue, each CPU's exact watermark right after its pages.
+//! Reading a trace instance's ring buffers: one task moves every CPU's
+//! pages from `trace_pipe_raw` into a bounded queue, each CPU's exact
+//! watermark right after its pages. The guest agent ships what it reads;
+//! the host session reads its own instance the same way.
 //!
 //! When to read:
 //! - a busy CPU: as soon as the kernel says its buffer reached the
@@ -32,6 +34,9 @@
 //! stops reading, and the kernel's ring buffer overwrites its oldest pages
 //! and counts the loss (reported in Lost frames): the agent never buffers
 //! without bound and never spins.
+//!
+//! The pages and watermarks are the wire's ([`Page`], [`DrainedCpu`]): what
+//! a reader hands on is what the agent sends.
 
 use std::time::Duration;
 
