@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::{collections::HashMap, fs, path::Path, process::Command};
+use std::{collections::HashMap, fs, path::Path};
 
 use tsc_common::tsc::TscParams;
 use tsc_userspace::{
@@ -288,20 +288,6 @@ fn record(dir: &Path, clock: Option<Tsc2Nsec>) -> HashMap<String, u64> {
     expected
 }
 
-fn trace_cmd(args: &[&str], dir: &Path) -> String {
-    let out = Command::new("trace-cmd")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trace-cmd {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `tag -> timestamp` from `trace-cmd report -t` lines of print events.
 fn report_times(report: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
@@ -338,7 +324,7 @@ fn trace_cmd_places_every_guest_event_where_the_timeline_does() {
     }
     let dir = tempfile::tempdir().unwrap();
     let expected = record(dir.path(), None);
-    let report = trace_cmd(
+    let report = common::trace_cmd(
         &["report", "-t", "-i", "host.dat", "-i", "vm-agent.dat"],
         dir.path(),
     );
@@ -367,7 +353,7 @@ fn tsc2nsec_gives_seconds_by_the_readers_own_multiply() {
     };
     let dir = tempfile::tempdir().unwrap();
     let expected = record(dir.path(), Some(clock));
-    let report = trace_cmd(
+    let report = common::trace_cmd(
         &["report", "-t", "-i", "host.dat", "-i", "vm-agent.dat"],
         dir.path(),
     );
@@ -421,7 +407,7 @@ fn only_first_and_last_offsets_place_some_events_wrong() {
     };
     dat.write_to(&mut fs::File::create(dir.path().join("tsync.dat")).unwrap())
         .unwrap();
-    let report = trace_cmd(&["report", "-t", "-i", "tsync.dat"], dir.path());
+    let report = common::trace_cmd(&["report", "-t", "-i", "tsync.dat"], dir.path());
     let got = report_times(&report);
     assert_eq!(got.len(), 9, "{report}");
     let wrong = got.iter().filter(|(tag, ts)| expected[tag] != *ts).count();
@@ -438,10 +424,10 @@ fn dump_shows_the_options_and_check_events_passes() {
     let dir = tempfile::tempdir().unwrap();
     record(dir.path(), None);
     for file in ["host.dat", "vm-agent.dat"] {
-        trace_cmd(&["report", "--check-events", "-i", file], dir.path());
+        common::trace_cmd(&["report", "--check-events", "-i", file], dir.path());
     }
-    let host = trace_cmd(&["dump", "--options", "-i", "host.dat"], dir.path());
-    let guest = trace_cmd(&["dump", "--options", "-i", "vm-agent.dat"], dir.path());
+    let host = common::trace_cmd(&["dump", "--options", "-i", "host.dat"], dir.path());
+    let guest = common::trace_cmd(&["dump", "--options", "-i", "vm-agent.dat"], dir.path());
     for want in ["TRACECLOCK", "UNAME", "CPUCOUNT", "TRACEID", "GUEST"] {
         assert!(host.contains(want), "{want} missing in:\n{host}");
     }

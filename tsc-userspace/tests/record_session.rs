@@ -80,20 +80,6 @@ fn vm_child() -> Child {
     child
 }
 
-fn trace_cmd(args: &[&str], dir: &Path) -> String {
-    let out = Command::new("trace-cmd")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trace-cmd {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// One event of `trace-cmd report -t -i A -i B`: file, CPU, event name, ns.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Line {
@@ -108,7 +94,7 @@ fn report(dir: &Path, files: &[&str]) -> Vec<Line> {
     for f in files {
         args.extend(["-i", f]);
     }
-    let text = trace_cmd(&args, dir);
+    let text = common::trace_cmd(&args, dir);
     text.lines()
         .filter_map(|l| {
             let (file, rest) = l.split_once(": ")?;
@@ -232,7 +218,7 @@ async fn recording_holds_exactly_the_live_timeline() {
         first_diff.map(|i| &theirs_sorted[i])
     );
     for f in ["host.dat", guest_file.as_str()] {
-        trace_cmd(&["report", "--check-events", "-i", f], dir.path());
+        common::trace_cmd(&["report", "--check-events", "-i", f], dir.path());
     }
     let offsets = std::fs::read_to_string(dir.path().join("offsets.jsonl")).unwrap();
     for line in offsets.lines() {
@@ -344,9 +330,9 @@ async fn a_killed_session_is_assembled_by_record_finish() {
     let meta = RecordingMeta::load(&rec).unwrap();
     let guest_file = meta.guests[0].file.clone();
     for f in ["host.dat", guest_file.as_str()] {
-        trace_cmd(&["report", "--check-events", "-i", f], &rec);
+        common::trace_cmd(&["report", "--check-events", "-i", f], &rec);
     }
-    let text = trace_cmd(&["report", "-i", &guest_file], &rec);
+    let text = common::trace_cmd(&["report", "-i", &guest_file], &rec);
     let in_report = text.lines().filter(|l| l.contains("killed ")).count();
     assert_eq!(
         in_report,
@@ -407,12 +393,12 @@ async fn hostile_agents_do_not_spoil_the_recording() {
     let meta = RecordingMeta::load(dir.path()).unwrap();
     let files: Vec<&str> = meta.guests.iter().map(|g| g.file.as_str()).collect();
     assert_eq!(files, vec!["good-a.dat"], "only the good guest is recorded");
-    trace_cmd(&["report", "--check-events", "-i", "host.dat"], dir.path());
-    trace_cmd(
+    common::trace_cmd(&["report", "--check-events", "-i", "host.dat"], dir.path());
+    common::trace_cmd(
         &["report", "--check-events", "-i", "good-a.dat"],
         dir.path(),
     );
-    let text = trace_cmd(&["report", "-i", "good-a.dat"], dir.path());
+    let text = common::trace_cmd(&["report", "-i", "good-a.dat"], dir.path());
     assert_eq!(
         text.lines().filter(|l| l.contains("survivor ")).count(),
         1000

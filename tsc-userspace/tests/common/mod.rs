@@ -172,3 +172,19 @@ pub fn perfetto_packets(trace: &Path) -> u64 {
         serde_json::from_slice(&out.stdout).expect("perfetto_check.py answers JSON");
     answer["packets"].as_u64().expect("a packet count")
 }
+
+/// `trace-cmd ARGS` run in `dir`; its stdout, or a failure with its stderr.
+#[track_caller]
+pub fn trace_cmd(args: &[&str], dir: &Path) -> String {
+    let out = std::process::Command::new("trace-cmd")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running trace-cmd");
+    assert!(
+        out.status.success(),
+        "trace-cmd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
