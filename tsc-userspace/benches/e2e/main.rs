@@ -84,7 +84,10 @@
 //! (32768, the host recording per CPU), `E2E_KEEP=1` keeps the files
 //! (timeline.txt, host.dat, guest.dat, report.txt) and prints where.
 //! `E2E_RECORD=DIR` also records each run's session into `DIR/runN`
-//! (`--record`), to measure what recording costs.
+//! (`--record`), to measure what recording costs. `E2E_FLUSH_MS=N` reads
+//! every CPU's buffer every N ms on both sides (the agent's and the host's
+//! `--flush-ms`; default theirs, 10): `E2E_FLUSH_MS=1` is the low-latency
+//! setting the README documents.
 
 mod guest;
 mod load;
@@ -121,6 +124,14 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{name}={v}: not a valid value")),
         Err(_) => default,
     }
+}
+
+/// `E2E_FLUSH_MS`, when set: the agent's and the host's flush period.
+pub fn flush_ms() -> Option<u64> {
+    std::env::var("E2E_FLUSH_MS").ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("E2E_FLUSH_MS={v}: not a number"))
+    })
 }
 
 impl Config {

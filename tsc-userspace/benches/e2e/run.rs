@@ -193,6 +193,12 @@ fn spawn_agent(port: u16, buffer_kb: u32) -> Child {
                 .into_iter()
                 .flatten(),
         )
+        .args(
+            crate::flush_ms()
+                .map(|ms| ["--flush-ms".to_owned(), ms.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting the agent")

@@ -54,6 +54,12 @@ pub struct Args {
     /// streams before it is written (later arrivals are flagged "late").
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     window_ms: u64,
+    /// Milliseconds between reads of every host CPU's buffer, partly filled
+    /// pages included. A guest event is written once every host CPU's
+    /// watermark passed it, so this bounds the latency: for the lowest
+    /// (about 2 ms), give 1 here and to the agents' --flush-ms.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    flush_ms: u64,
     /// Also record the session into DIR as trace.dat files for trace-cmd
     /// and KernelShark (docs/RECORDING.md). DIR must be new or empty.
     #[arg(long, value_name = "DIR")]
@@ -110,6 +116,7 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         vms: args.vm,
         host_events: args.host_events,
         window: Duration::from_millis(args.window_ms),
+        host_flush: Duration::from_millis(args.flush_ms.max(1)),
         journal: args.journal.options(),
         ..SessionOptions::default()
     };

@@ -86,6 +86,9 @@ pub struct SessionOptions {
     pub window: Duration,
     /// How long before its Hello an agent's TSC samples may be.
     pub bind_slack: Duration,
+    /// How often every host CPU's buffer is read, partly filled pages
+    /// included (see [`host::DEFAULT_FLUSH`]).
+    pub host_flush: Duration,
     /// Kernel programs.
     pub load: LoadOptions,
     /// Agent connections.
@@ -104,6 +107,7 @@ impl Default for SessionOptions {
             status_line: true,
             window: Duration::from_secs(1),
             bind_slack: Duration::from_secs(2),
+            host_flush: host::DEFAULT_FLUSH,
             load: LoadOptions::default(),
             ingest: IngestConfig::default(),
             journal: None,
@@ -149,7 +153,7 @@ impl Session {
             Some(events) => (events.clone(), options.host_events_vm_only),
             None => (default_host_events(), true),
         };
-        let host = HostTrace::start(&events, filter)?;
+        let host = HostTrace::start(&events, filter, options.host_flush)?;
         let config = CorrelatorConfig {
             vms: options.vms.clone(),
             window: options.window,
