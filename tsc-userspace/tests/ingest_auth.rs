@@ -191,7 +191,11 @@ async fn replay(addr: SocketAddr) -> (SocketAddr, String) {
     recorded.tx.send(Frame::AuthResponse(r)).await.unwrap();
     assert!(matches!(recorded.next().await, Frame::AuthConfirm(_)));
     assert!(matches!(recorded.next().await, Frame::HelloAck(_)));
-    recorded.tx.send(Frame::Bye("recorded".into())).await.unwrap();
+    recorded
+        .tx
+        .send(Frame::Bye("recorded".into()))
+        .await
+        .unwrap();
 
     let mut peer = connect(addr).await;
     let fresh = peer.hello(&hello).await;
@@ -263,9 +267,17 @@ async fn only_the_right_key_is_served_and_refusals_disturb_no_one() {
     }
     let good = SockAddr::Tcp(good.await.unwrap());
     assert_eq!(closed[&good].as_ref().unwrap(), "done");
-    assert_eq!(pages, (0..PAGES).collect::<Vec<_>>(), "every page, in order");
+    assert_eq!(
+        pages,
+        (0..PAGES).collect::<Vec<_>>(),
+        "every page, in order"
+    );
     connected.sort();
-    assert_eq!(connected, ["good", "replayer"], "only proven agents connect");
+    assert_eq!(
+        connected,
+        ["good", "replayer"],
+        "only proven agents connect"
+    );
 
     for (what, task) in refused {
         let (local, reason) = task.await.unwrap();
@@ -288,10 +300,19 @@ async fn only_the_right_key_is_served_and_refusals_disturb_no_one() {
             ),
             _ => unreachable!(),
         };
-        assert!(reason.contains(agent_hears), "{what}: the agent heard {reason:?}");
-        assert!(host_log.starts_with(host_says), "{what}: the host said {host_log:?}");
+        assert!(
+            reason.contains(agent_hears),
+            "{what}: the agent heard {reason:?}"
+        );
+        assert!(
+            host_log.starts_with(host_says),
+            "{what}: the host said {host_log:?}"
+        );
         // Never mistaken for a version problem (an agent would downgrade).
-        assert!(!reason.starts_with("unsupported protocol version"), "{reason}");
+        assert!(
+            !reason.starts_with("unsupported protocol version"),
+            "{reason}"
+        );
     }
 }
 
@@ -306,8 +327,14 @@ async fn a_listener_beyond_loopback_needs_a_key_or_insecure() {
         .expect("refused without a key");
     assert!(matches!(err, IngestError::NeedsKey(_)), "{err}");
     let text = err.to_string();
-    assert!(text.contains("refusing to listen on tcp:0.0.0.0:0 without a key"), "{text}");
-    assert!(text.contains("--key-file") && text.contains("--insecure"), "{text}");
+    assert!(
+        text.contains("refusing to listen on tcp:0.0.0.0:0 without a key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--key-file") && text.contains("--insecure"),
+        "{text}"
+    );
 
     for config in [
         IngestConfig {
@@ -319,7 +346,9 @@ async fn a_listener_beyond_loopback_needs_a_key_or_insecure() {
             ..IngestConfig::default()
         },
     ] {
-        let ingest = Ingest::bind(std::slice::from_ref(&any), config).await.unwrap();
+        let ingest = Ingest::bind(std::slice::from_ref(&any), config)
+            .await
+            .unwrap();
         ingest.close().await;
     }
     for loopback in ["tcp:127.0.0.1:0", "tcp:[::1]:0", "tcp:localhost:0"] {

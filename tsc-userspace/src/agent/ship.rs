@@ -236,8 +236,8 @@ impl Shipper {
             n => format!("the guest kernel lost {n} events meanwhile (its buffers filled up)"),
         };
         info!(
-            "reconnected to {} after {} failed attempts in {:.1?}: sending the {queued} reads \
-             that waited; {lost}",
+            "reached {} after {} failed attempts in {:.1?}: sending the {queued} reads that \
+             waited; {lost}",
             self.config.endpoint,
             backoff.failures(),
             backoff.failing_for()
