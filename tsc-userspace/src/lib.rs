@@ -25,11 +25,14 @@
 //! minimal VMM on `/dev/kvm` (tests, demo), [`demo`] the toy guest behind
 //! `tsc-tracer demo`.
 //!
-//! Without the default `host` feature only [`agent`], [`page_reader`], [`signal`], [`tracefs`]
+//! Agents prove a shared key to the host with [`auth`].
+//!
+//! Without the default `host` feature only [`agent`], [`auth`], [`page_reader`], [`signal`], [`tracefs`]
 //! and [`wire`] build: the guest agent alone (the `tsc-agent` binary), with
 //! stable Rust and none of the kernel side's dependencies.
 
 pub mod agent;
+pub mod auth;
 #[cfg(feature = "host")]
 pub mod btf;
 #[cfg(feature = "host")]

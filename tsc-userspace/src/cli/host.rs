@@ -1,6 +1,6 @@
 //! `tsc-tracer host`: the live correlation session.
 
-use std::{fs::File, io, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fs::File, io, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tsc_userspace::{
@@ -70,6 +70,17 @@ pub struct Args {
     /// The offset journal.
     #[command(flatten)]
     journal: super::offsets::JournalArgs,
+    /// Agents must prove this shared key (HMAC-SHA256 challenge-response;
+    /// docs/PROTOCOL.md) on every listener, vsock included; give each agent
+    /// the same file with its --key-file. At least 32 bytes, raw or hex,
+    /// readable by its owner only (chmod 600). Required for a TCP listener
+    /// on an address other than loopback.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// Listen on a non-loopback TCP address without --key-file: every peer
+    /// that reaches it can send this session guest traces.
+    #[arg(long, conflicts_with = "key_file")]
+    insecure: bool,
 }
 
 /// `--format`: the live output's, or none.
@@ -111,6 +122,17 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         None => None,
     };
     let listen = listeners(&args.listen)?;
+    let key = match &args.key_file {
+        Some(path) => Some(Arc::new(tsc_userspace::auth::SharedKey::from_file(path)?)),
+        None => None,
+    };
+    let ingest = tsc_userspace::ingest::IngestConfig {
+        key,
+        insecure: args.insecure,
+        ..Default::default()
+    };
+    // Refused before the kernel programs load, with the reason.
+    tsc_userspace::ingest::check_listeners(&listen, &ingest).await?;
     let options = SessionOptions {
         listen,
         vms: args.vm,
@@ -118,6 +140,7 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         window: Duration::from_millis(args.window_ms),
         host_flush: Duration::from_millis(args.flush_ms.max(1)),
         journal: args.journal.options(),
+        ingest,
         ..SessionOptions::default()
     };
     let mut session = Session::start(options)
