@@ -63,15 +63,9 @@ pub fn clock_conversion(clock: &Clock) -> Option<(Tsc2Nsec, i64)> {
     Some((t, offset))
 }
 
-/// An agent was bound to VM `vm_pid` named `vm_name`.
-pub fn guest_connected(
-    rec: &mut Recorder,
-    conn: u64,
-    hello: &Hello,
-    vm_pid: u32,
-    vm_name: &str,
-    vm: Option<&VmState>,
-) {
+/// An agent's binding to VM `vm_pid` named `vm_name`, as a recording
+/// keeps it (guest CPU -> vCPU -> host thread).
+pub fn binding(hello: &Hello, vm_pid: u32, vm_name: &str) -> GuestBinding {
     let cpus = hello
         .cpus
         .iter()
@@ -81,15 +75,23 @@ pub fn guest_connected(
             tid: vcpu_thread(vm_pid, c.apic_id).unwrap_or(0),
         })
         .collect();
-    rec.guest_connected(
-        conn,
-        hello,
-        GuestBinding {
-            vm_pid: Some(vm_pid),
-            vm_name: vm_name.to_string(),
-            cpus,
-        },
-    );
+    GuestBinding {
+        vm_pid: Some(vm_pid),
+        vm_name: vm_name.to_string(),
+        cpus,
+    }
+}
+
+/// An agent was bound to VM `vm_pid` named `vm_name`.
+pub fn guest_connected(
+    rec: &mut Recorder,
+    conn: u64,
+    hello: &Hello,
+    vm_pid: u32,
+    vm_name: &str,
+    vm: Option<&VmState>,
+) {
+    rec.guest_connected(conn, hello, binding(hello, vm_pid, vm_name));
     if let Some(vm) = vm {
         vm_epochs(rec, vm_pid, vm);
     }
