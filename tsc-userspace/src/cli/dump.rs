@@ -57,6 +57,8 @@ fn only_session() -> Result<i32> {
     match sessions.as_slice() {
         [pid] => Ok(*pid),
         [] => bail!("no `tsc-tracer host` is running"),
-        many => bail!("several `tsc-tracer host` are running ({many:?}): name one, `tsc-tracer dump PID`"),
+        many => bail!(
+            "several `tsc-tracer host` are running ({many:?}): name one, `tsc-tracer dump PID`"
+        ),
     }
 }

@@ -128,9 +128,9 @@ async fn run_async(args: Args) -> Result<ExitCode> {
     }
     // Refused before anything starts: a non-empty DIR is named at once.
     let recorder = match (&args.record, rotation) {
-        (Some(dir), Some(policy)) => Some(record::Recorder::create_rotating(
-            dir, args.force, policy,
-        )?),
+        (Some(dir), Some(policy)) => {
+            Some(record::Recorder::create_rotating(dir, args.force, policy)?)
+        }
         (Some(dir), None) => Some(record::Recorder::create(dir, args.force)?),
         (None, _) => None,
     };
@@ -171,7 +171,13 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         // the recording's current piece.
         let what = format!("{}/NNNN/{}", pieces.base().display(), record::PERFETTO_FILE);
         let path = move |n| pieces.path(n).join(record::PERFETTO_FILE);
-        let copy = Rotating::following(signal, path, OutputFormat::Perfetto, args.clock, FlushPolicy::Batch);
+        let copy = Rotating::following(
+            signal,
+            path,
+            OutputFormat::Perfetto,
+            args.clock,
+            FlushPolicy::Batch,
+        );
         writer = Box::new(output::Tee::new(writer, what, Box::new(copy)));
     } else if let Some(dir) = &args.record {
         // The recording's Perfetto trace: the same events as the live output.

@@ -95,7 +95,10 @@ mod tests {
         }
         assert_eq!(ring.iter().last(), Some(&9999));
         let held: Vec<u64> = ring.iter().copied().collect();
-        assert!(held.windows(2).all(|w| w[1] == w[0] + 1), "a contiguous suffix");
+        assert!(
+            held.windows(2).all(|w| w[1] == w[0] + 1),
+            "a contiguous suffix"
+        );
         assert_eq!(evicted + ring.len() as u64, 10_000);
         // The next older one would not have fitted.
         let first = held[0];

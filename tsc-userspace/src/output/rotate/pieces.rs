@@ -125,14 +125,24 @@ mod tests {
         assert_eq!(f.path(12345), PathBuf::from("/x/out.json.12345"));
         let d = Pieces::new("/x/rec", PieceKind::Dir);
         assert_eq!(d.path(2), PathBuf::from("/x/rec/0002"));
-        assert_eq!(Pieces::new("out", PieceKind::File).path(3), PathBuf::from("out.0003"));
+        assert_eq!(
+            Pieces::new("out", PieceKind::File).path(3),
+            PathBuf::from("out.0003")
+        );
     }
 
     #[test]
     fn only_pieces_count_and_numbering_continues_after_the_highest() {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("t.txt");
-        for name in ["t.txt", "t.txt.0002", "t.txt.0010", "t.txt.12", "t.txt.00x1", "u.txt.0001"] {
+        for name in [
+            "t.txt",
+            "t.txt.0002",
+            "t.txt.0010",
+            "t.txt.12",
+            "t.txt.00x1",
+            "u.txt.0001",
+        ] {
             fs::write(tmp.path().join(name), "").unwrap();
         }
         let f = Pieces::new(&base, PieceKind::File);

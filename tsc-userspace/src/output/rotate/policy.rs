@@ -28,7 +28,11 @@ impl Default for RotatePolicy {
 
 impl RotatePolicy {
     /// A policy that rotates at all (by size or age); `None` otherwise.
-    pub fn new(max_bytes: Option<u64>, every: Option<Duration>, keep: Option<usize>) -> Option<Self> {
+    pub fn new(
+        max_bytes: Option<u64>,
+        every: Option<Duration>,
+        keep: Option<usize>,
+    ) -> Option<Self> {
         (max_bytes.is_some() || every.is_some()).then(|| Self {
             max_bytes,
             every,

@@ -60,8 +60,14 @@ fn pieces_by_size_are_whole_json_and_the_kept_ones_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("out.json");
     let policy = RotatePolicy::new(Some(600), None, Some(3)).unwrap();
-    let mut w = Rotating::new(&base, policy, OutputFormat::Json, ClockMode::Tsc, FlushPolicy::Batch)
-        .unwrap();
+    let mut w = Rotating::new(
+        &base,
+        policy,
+        OutputFormat::Json,
+        ClockMode::Tsc,
+        FlushPolicy::Batch,
+    )
+    .unwrap();
     write_events(&mut w, 100, 4);
     let stats = w.stats().clone();
     drop(w);
@@ -93,8 +99,14 @@ fn text_pieces_start_afresh_and_a_new_run_continues_the_numbering() {
     let base = tmp.path().join("out.txt");
     fs::write(tmp.path().join("out.txt.0007"), "an earlier run's\n").unwrap();
     let policy = RotatePolicy::new(None, Some(Duration::ZERO), Some(0)).unwrap();
-    let mut w = Rotating::new(&base, policy, OutputFormat::Text, ClockMode::Tsc, FlushPolicy::Batch)
-        .unwrap();
+    let mut w = Rotating::new(
+        &base,
+        policy,
+        OutputFormat::Text,
+        ClockMode::Tsc,
+        FlushPolicy::Batch,
+    )
+    .unwrap();
     // Age zero: every event is due at once, so each piece holds one.
     write_events(&mut w, 3, 1);
     drop(w);
