@@ -318,6 +318,10 @@ async fn pieces_by_size_each_open_and_lose_nothing() {
         let text = common::trace_cmd(&args, &dir);
         guest_markers.extend(report_markers(&text, "rot"));
         common::trace_cmd(&["report", "--check-events", "-i", "host.dat"], &dir);
+        // Every piece names the host's tasks, not only the last.
+        let host_text = common::trace_cmd(&["report", "-i", "host.dat"], &dir);
+        let unnamed = host_text.lines().filter(|l| l.contains("<...>")).count();
+        assert_eq!(unnamed, 0, "piece {n}: {host_text}");
         let perfetto = dir.join(PERFETTO_FILE);
         if perfetto.exists() {
             common::perfetto_packets(&perfetto);
@@ -480,4 +484,49 @@ fn dir_bytes(dir: &Path) -> u64 {
         };
     }
     total
+}
+
+/// A Perfetto output cut by size: every piece decodes on its own with
+/// Perfetto's schema, and none is left out (all kept: `--rotate-keep 0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perfetto_pieces_each_decode() {
+    if !ready("perfetto_pieces_each_decode") {
+        return;
+    }
+    let _turn = common::take_turn(common::Resource::Tracing);
+    let tmp = tempfile::tempdir().unwrap();
+    let live = tmp.path().join("live.perfetto-trace");
+    let child = vm_child();
+    let host = Host::start(
+        child.pid(),
+        "p1",
+        &[
+            "--format",
+            "perfetto",
+            "-o",
+            live.to_str().unwrap(),
+            "--rotate-size",
+            "16K",
+            "--rotate-keep",
+            "0",
+        ],
+    )
+    .await;
+    let (stop_agent, agent) = agent_with_markers(&host.endpoint, "pf", 3000).await;
+    host.wait_log("a third piece", "live.perfetto-trace.0003")
+        .await;
+    let _ = stop_agent.send(());
+    agent.await.unwrap().expect("agent ends cleanly");
+    let log = host.stop();
+    drop(child);
+    let (p, kept) = pieces(&live, PieceKind::File);
+    assert!(kept.len() >= 3, "{kept:?}");
+    assert_eq!(
+        kept,
+        (1..=kept.len() as u64).collect::<Vec<_>>(),
+        "none deleted"
+    );
+    for n in kept {
+        assert!(common::perfetto_packets(&p.path(n)) > 1, "piece {n}: {log}");
+    }
 }

@@ -46,7 +46,7 @@ use crate::{
         recorder::GuestBinding,
     },
     timeline::Epoch,
-    tracefs::Instance,
+    tracefs::{Instance, Tracefs},
     wire::Hello,
 };
 
@@ -81,6 +81,8 @@ pub struct FlightRecorder {
     clock: Option<(Tsc2Nsec, i64)>,
     guests: HashMap<u64, Guest>,
     dumps: Vec<JoinHandle<()>>,
+    /// Where the host's task names are read at a dump.
+    tracefs: Option<Tracefs>,
 }
 
 /// What a dump holds, moved to the thread that writes it.
@@ -103,6 +105,7 @@ impl FlightRecorder {
             clock: None,
             guests: HashMap::new(),
             dumps: Vec::new(),
+            tracefs: None,
         }
     }
 
@@ -116,6 +119,7 @@ impl FlightRecorder {
             ),
         }
         self.clock = live::clock_conversion(clock);
+        self.tracefs = Some(host.tracefs().clone());
     }
 
     /// Bytes of pages held.
@@ -205,9 +209,14 @@ impl FlightRecorder {
                     .map(move |(&vcpu, t)| (pid, vcpu, t.epochs().copied().collect()))
             })
             .collect();
+        let mut host = self.host.clone();
+        let comms = self.tracefs.as_ref().map(Tracefs::saved_cmdlines);
+        if let (Some(host), Some(Ok(comms))) = (&mut host, comms) {
+            host.cmdlines = live::cmdlines_text(comms);
+        }
         let dump = Dump {
             path: path.clone(),
-            host: self.host.clone(),
+            host,
             clock: self.clock,
             guests,
             epochs,

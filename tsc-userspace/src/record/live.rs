@@ -154,8 +154,19 @@ pub fn uname() -> String {
     )
 }
 
+/// `PID COMM` lines, by pid (a trace.dat's cmdlines section).
+pub fn cmdlines_text(comms: std::collections::HashMap<i32, String>) -> String {
+    let mut lines: Vec<_> = comms.into_iter().collect();
+    lines.sort_unstable();
+    lines
+        .iter()
+        .map(|(pid, comm)| format!("{pid} {comm}\n"))
+        .collect()
+}
+
 /// The session starts recording: the host stream and the clock.
 pub fn start(rec: &mut Recorder, host: &Instance, clock: &Clock) {
+    rec.host_cmdlines_from(host.tracefs().clone());
     match host_stream(host) {
         Ok(stream) => rec.host_started(stream),
         Err(e) => {
@@ -179,13 +190,7 @@ pub fn finish<'a>(
         }
     }
     if let Some(comms) = host_comms {
-        let mut lines: Vec<_> = comms.into_iter().collect();
-        lines.sort_unstable();
-        let text: String = lines
-            .iter()
-            .map(|(pid, comm)| format!("{pid} {comm}\n"))
-            .collect();
-        rec.host_cmdlines(text);
+        rec.host_cmdlines(cmdlines_text(comms));
     }
     let dir = rec.dir().to_path_buf();
     match rec.finish() {

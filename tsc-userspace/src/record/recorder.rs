@@ -29,6 +29,7 @@ use super::{
 use crate::{
     output::rotate::{PieceSignal, Pieces, RotatePolicy},
     timeline::Epoch,
+    tracefs::Tracefs,
     tracefs::{EventFormat, Page, PageLayout},
     wire::Hello,
 };
@@ -101,6 +102,8 @@ pub struct Recorder {
     pub refused_guests: u64,
     /// `--rotate-*`: the pieces (see [`super::rotate`]).
     rotation: Option<Rotation>,
+    /// Where a finished piece's host task names are read.
+    cmdlines: Option<Tracefs>,
 }
 
 impl Recorder {
@@ -131,6 +134,7 @@ impl Recorder {
             unchecked: 0,
             refused_guests: 0,
             rotation: None,
+            cmdlines: None,
         })
     }
 
@@ -153,6 +157,12 @@ impl Recorder {
         rotation.started();
         rec.rotation = Some(rotation);
         Ok(rec)
+    }
+
+    /// Where host task names are read when a piece ends (the session's
+    /// own are given at the end, [`Recorder::host_cmdlines`]).
+    pub fn host_cmdlines_from(&mut self, tracefs: Tracefs) {
+        self.cmdlines = Some(tracefs);
     }
 
     /// With rotation: the number of the piece being written (for writers
@@ -390,6 +400,10 @@ impl Recorder {
         let Some(mut rotation) = self.rotation.take() else {
             return;
         };
+        let comms = self.cmdlines.as_ref().map(Tracefs::saved_cmdlines);
+        if let (Some(Ok(comms)), Some(host)) = (comms, &mut self.meta.host) {
+            host.cmdlines = super::live::cmdlines_text(comms);
+        }
         self.save();
         if self.stopped {
             self.rotation = Some(rotation);
