@@ -597,7 +597,10 @@ fn trace_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{record::RecordingMeta, tracefs::PageBuilder};
+    use crate::{
+        record::{RecordingMeta, StreamMeta},
+        tracefs::PageBuilder,
+    };
 
     fn page(hello: &Hello) -> Vec<u8> {
         let mut b = PageBuilder::new(PageLayout::parse(&hello.header_page).unwrap());
@@ -616,6 +619,17 @@ mod tests {
         let (signal, pieces) = rec.pieces().unwrap();
         assert_eq!(signal.current(), 5);
         let hello = crate::demo::hello("g", &[0]);
+        // The host's task names are read when a piece ends.
+        let tracefs = tempfile::tempdir().unwrap();
+        fs::write(tracefs.path().join("saved_cmdlines"), "42 vcpu-thread\n").unwrap();
+        rec.host_cmdlines_from(Tracefs::at(tracefs.path()));
+        rec.host_started(StreamMeta {
+            page_size: hello.page_size,
+            header_page: hello.header_page.clone(),
+            header_event: hello.header_event.clone(),
+            cpus: 1,
+            ..StreamMeta::default()
+        });
         rec.guest_connected(1, &hello, GuestBinding::default());
         let page = page(&hello);
         // One byte per piece: each page starts a new one.
@@ -630,6 +644,9 @@ mod tests {
             let meta = RecordingMeta::load(&dir).unwrap();
             assert_eq!(meta.guests.len(), 1, "piece {n}");
             assert_eq!(meta.guests[0].file, "guest-g.dat");
+            if n < 8 {
+                assert_eq!(meta.host.unwrap().cmdlines, "42 vcpu-thread\n");
+            }
             let dat = fs::metadata(dir.join("guest-g.dat")).unwrap().len();
             assert!(dat > u64::from(hello.page_size), "piece {n} is assembled");
             assert!(dir.join("README").exists());
