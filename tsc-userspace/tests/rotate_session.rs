@@ -409,14 +409,8 @@ async fn the_flight_recorder_dumps_the_newest_window_on_sigusr1() {
         "the newest markers, none missing"
     );
     let spilled = dir_bytes(&first.join("spill"));
-    eprintln!(
-        "FLIGHT: {} markers held, {spilled} bytes spilled",
-        held.len()
-    );
-    assert!(
-        spilled <= LIMIT + 4096,
-        "{spilled} bytes of pages in the dump"
-    );
+    // Whole pages, as read: the spill holds exactly what was counted.
+    assert!(spilled <= LIMIT, "{spilled} bytes of pages in the dump");
     common::trace_cmd(
         &["report", "--check-events", "-i", &guest_file(&first)],
         &first,
