@@ -48,6 +48,8 @@ pub mod ebpf;
 #[cfg(feature = "host")]
 pub mod flags;
 #[cfg(feature = "host")]
+pub mod flight;
+#[cfg(feature = "host")]
 pub mod ingest;
 #[cfg(feature = "host")]
 pub mod kvm;

@@ -18,3 +18,38 @@ pub async fn shutdown() -> io::Result<&'static str> {
         _ = term.recv() => Ok("SIGTERM"),
     }
 }
+
+/// SIGUSR1, the request to dump the flight recorder (`tsc-tracer dump`,
+/// `kill -USR1 PID`). Once this is made, SIGUSR1 no longer ends the
+/// process: a session without a flight recorder says so and goes on.
+pub struct DumpRequests(Option<tokio::signal::unix::Signal>);
+
+impl DumpRequests {
+    /// Installs the handler (inside a tokio runtime). When that fails the
+    /// requests never come, and it is logged.
+    pub fn new() -> Self {
+        match signal(SignalKind::user_defined1()) {
+            Ok(s) => Self(Some(s)),
+            Err(e) => {
+                tracing::warn!("cannot catch SIGUSR1 (flight recorder dumps): {e}");
+                Self(None)
+            }
+        }
+    }
+
+    /// Resolves at the next SIGUSR1 (never, without a handler).
+    pub async fn recv(&mut self) {
+        if let Some(s) = &mut self.0
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Default for DumpRequests {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -4,7 +4,11 @@ use std::{fs::File, io, path::PathBuf, process::ExitCode, sync::Arc, time::Durat
 
 use anyhow::{Context, Result};
 use tsc_userspace::{
-    output::{self, ClockMode, FlushPolicy, OutputFormat},
+    flight::FlightRecorder,
+    output::{
+        self, ClockMode, FlushPolicy, OutputFormat, Rotating,
+        rotate::{ByteSize, RotatePolicy},
+    },
     record,
     session::{Session, SessionOptions, VmSpec},
     signal::shutdown as shutdown_signal,
@@ -67,6 +71,25 @@ pub struct Args {
     /// Record into DIR even when it is not empty.
     #[arg(long, requires = "record")]
     force: bool,
+    /// Cut -o FILE into pieces FILE.0001, FILE.0002, ... and --record DIR
+    /// into DIR/0001/, DIR/0002/, ... once a piece reaches SIZE (512M,
+    /// 64K: powers of 1024), each a whole file or recording of its own.
+    #[arg(long, value_name = "SIZE")]
+    rotate_size: Option<ByteSize>,
+    /// Start a new piece when the current one is this old (1h, 30min).
+    #[arg(long, value_name = "DURATION")]
+    rotate_every: Option<humantime::Duration>,
+    /// Pieces kept (the oldest are deleted; 0 keeps all). Default 10.
+    #[arg(long, value_name = "N")]
+    rotate_keep: Option<usize>,
+    /// Flight recorder: keep the newest SIZE of trace pages in memory
+    /// (512M, 64K) and write them out as a recording under --flight-dir
+    /// on SIGUSR1 (`tsc-tracer dump`); the session goes on.
+    #[arg(long, value_name = "SIZE")]
+    flight_recorder: Option<ByteSize>,
+    /// Where flight recorder dumps go, as flight-YYYYmmddTHHMMSSZ/.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_FLIGHT_DIR)]
+    flight_dir: PathBuf,
     /// The offset journal.
     #[command(flatten)]
     journal: super::offsets::JournalArgs,
@@ -82,6 +105,9 @@ pub struct Args {
     #[arg(long, conflicts_with = "key_file")]
     insecure: bool,
 }
+
+/// Where flight recorder dumps go by default.
+const DEFAULT_FLIGHT_DIR: &str = "/var/lib/tsc-tracer/flight";
 
 /// `--format`: the live output's, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -107,9 +133,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 async fn run_async(args: Args) -> Result<ExitCode> {
-    if args.format == Format::None && args.record.is_none() {
-        anyhow::bail!("--format none writes nothing: it is for --record DIR");
+    if args.format == Format::None && args.record.is_none() && args.flight_recorder.is_none() {
+        anyhow::bail!("--format none writes nothing: it is for --record DIR or --flight-recorder");
     }
+    let rotation = rotation(&args)?;
     if args.format == Format::Perfetto
         && args.output.is_none()
         && io::IsTerminal::is_terminal(&io::stdout())
@@ -117,10 +144,14 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         anyhow::bail!("--format perfetto is binary: write it to a file with -o FILE");
     }
     // Refused before anything starts: a non-empty DIR is named at once.
-    let recorder = match &args.record {
-        Some(dir) => Some(record::Recorder::create(dir, args.force)?),
-        None => None,
+    let recorder = match (&args.record, rotation) {
+        (Some(dir), Some(policy)) => {
+            Some(record::Recorder::create_rotating(dir, args.force, policy)?)
+        }
+        (Some(dir), None) => Some(record::Recorder::create(dir, args.force)?),
+        (None, _) => None,
     };
+    let record_pieces = recorder.as_ref().and_then(record::Recorder::pieces);
     let listen = listeners(&args.listen)?;
     let key = match &args.key_file {
         Some(path) => Some(Arc::new(tsc_userspace::auth::SharedKey::from_file(path)?)),
@@ -150,27 +181,35 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         tracing::info!("recording into {}", recorder.dir().display());
         session.record_into(recorder);
     }
+    if let Some(size) = args.flight_recorder {
+        session.flight_recorder(FlightRecorder::new(size.0, &args.flight_dir));
+        tracing::info!(
+            "flight recorder: the newest {size} of trace in memory; `tsc-tracer dump` (or kill -USR1 {}) writes it under {}",
+            std::process::id(),
+            args.flight_dir.display()
+        );
+    }
     for addr in session.local_addrs() {
         tracing::info!(
             "agents connect with: tsc-agent --connect {} (or tsc-tracer agent)",
             agent_hint(addr)
         );
     }
-    let out: Box<dyn io::Write + Send> = match &args.output {
-        Some(path) => {
-            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
-        }
-        None => Box::new(io::stdout()),
-    };
-    let mut writer: Box<dyn output::EventWriter + Send> = match args.format {
-        Format::Text => output::writer(OutputFormat::Text, args.clock, FlushPolicy::Batch, out),
-        Format::Json => output::writer(OutputFormat::Json, args.clock, FlushPolicy::Batch, out),
-        Format::Perfetto => {
-            output::writer(OutputFormat::Perfetto, args.clock, FlushPolicy::Batch, out)
-        }
-        Format::None => Box::new(output::Discard),
-    };
-    if let Some(dir) = &args.record {
+    let mut writer = live_writer(args.format, args.output.as_deref(), args.clock, rotation)?;
+    if let Some((signal, pieces)) = record_pieces {
+        // Each piece's Perfetto trace: the events released while it is
+        // the recording's current piece.
+        let what = format!("{}/NNNN/{}", pieces.base().display(), record::PERFETTO_FILE);
+        let path = move |n| pieces.path(n).join(record::PERFETTO_FILE);
+        let copy = Rotating::following(
+            signal,
+            path,
+            OutputFormat::Perfetto,
+            args.clock,
+            FlushPolicy::Batch,
+        );
+        writer = Box::new(output::Tee::new(writer, what, Box::new(copy)));
+    } else if let Some(dir) = &args.record {
         // The recording's Perfetto trace: the same events as the live output.
         let path = dir.join(record::PERFETTO_FILE);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -195,6 +234,52 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         summary.host_lost
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--rotate-*`: the policy, when asked for.
+fn rotation(args: &Args) -> Result<Option<RotatePolicy>> {
+    let every = args.rotate_every.map(std::time::Duration::from);
+    let policy = RotatePolicy::new(args.rotate_size.map(|s| s.0), every, args.rotate_keep);
+    match policy {
+        None if args.rotate_keep.is_some() => {
+            anyhow::bail!("--rotate-keep needs --rotate-size or --rotate-every")
+        }
+        Some(_) if args.output.is_none() && args.record.is_none() => {
+            anyhow::bail!("--rotate-size and --rotate-every cut -o FILE or --record DIR: give one")
+        }
+        Some(p) if p.every == Some(std::time::Duration::ZERO) => {
+            anyhow::bail!("--rotate-every must be longer than 0")
+        }
+        p => Ok(p),
+    }
+}
+
+/// The live output: `--format` to -o FILE (in pieces with rotation) or
+/// stdout.
+fn live_writer(
+    format: Format,
+    output: Option<&std::path::Path>,
+    clock: ClockMode,
+    rotation: Option<RotatePolicy>,
+) -> Result<Box<dyn output::EventWriter + Send>> {
+    let format = match format {
+        Format::Text => OutputFormat::Text,
+        Format::Json => OutputFormat::Json,
+        Format::Perfetto => OutputFormat::Perfetto,
+        Format::None => return Ok(Box::new(output::Discard)),
+    };
+    let out: Box<dyn io::Write + Send> = match (output, rotation) {
+        (Some(path), Some(policy)) => {
+            let rotating = Rotating::new(path, policy, format, clock, FlushPolicy::Batch)
+                .with_context(|| format!("listing the pieces of {}", path.display()))?;
+            return Ok(Box::new(rotating));
+        }
+        (Some(path), None) => {
+            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+        }
+        (None, _) => Box::new(io::stdout()),
+    };
+    Ok(output::writer(format, clock, FlushPolicy::Batch, out))
 }
 
 /// `tcp:A:P` and `vsock:[CID:]P`; the defaults when none.

@@ -4,6 +4,7 @@ mod agent;
 mod convert;
 mod demo;
 mod doctor;
+mod dump;
 mod host;
 mod logging;
 mod offsets;
@@ -45,6 +46,8 @@ enum Command {
     Convert(convert::Args),
     /// Assemble the trace.dat files of a recording whose session died.
     RecordFinish(record_finish::Args),
+    /// Ask a running session to write its flight recorder (SIGUSR1).
+    Dump(dump::Args),
     /// A scriptable toy VMM for tests and demos (commands on stdin).
     #[command(hide = true)]
     Vmm(vmm::Args),
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::Convert(args) => convert::run(args),
         Command::RecordFinish(args) => record_finish::run(args),
+        Command::Dump(args) => dump::run(args),
         Command::Vmm(args) => vmm::run(args),
     };
     match result {

@@ -71,6 +71,7 @@
 
 mod json;
 pub mod perfetto;
+pub mod rotate;
 mod sink;
 mod tee;
 mod text;
@@ -80,6 +81,7 @@ use std::io::{self, Write};
 
 pub use json::JsonWriter;
 pub use perfetto::PerfettoWriter;
+pub use rotate::Rotating;
 pub use sink::FlushPolicy;
 pub use tee::Tee;
 pub use text::TextWriter;

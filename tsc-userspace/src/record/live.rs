@@ -63,15 +63,9 @@ pub fn clock_conversion(clock: &Clock) -> Option<(Tsc2Nsec, i64)> {
     Some((t, offset))
 }
 
-/// An agent was bound to VM `vm_pid` named `vm_name`.
-pub fn guest_connected(
-    rec: &mut Recorder,
-    conn: u64,
-    hello: &Hello,
-    vm_pid: u32,
-    vm_name: &str,
-    vm: Option<&VmState>,
-) {
+/// An agent's binding to VM `vm_pid` named `vm_name`, as a recording
+/// keeps it (guest CPU -> vCPU -> host thread).
+pub fn binding(hello: &Hello, vm_pid: u32, vm_name: &str) -> GuestBinding {
     let cpus = hello
         .cpus
         .iter()
@@ -81,15 +75,23 @@ pub fn guest_connected(
             tid: vcpu_thread(vm_pid, c.apic_id).unwrap_or(0),
         })
         .collect();
-    rec.guest_connected(
-        conn,
-        hello,
-        GuestBinding {
-            vm_pid: Some(vm_pid),
-            vm_name: vm_name.to_string(),
-            cpus,
-        },
-    );
+    GuestBinding {
+        vm_pid: Some(vm_pid),
+        vm_name: vm_name.to_string(),
+        cpus,
+    }
+}
+
+/// An agent was bound to VM `vm_pid` named `vm_name`.
+pub fn guest_connected(
+    rec: &mut Recorder,
+    conn: u64,
+    hello: &Hello,
+    vm_pid: u32,
+    vm_name: &str,
+    vm: Option<&VmState>,
+) {
+    rec.guest_connected(conn, hello, binding(hello, vm_pid, vm_name));
     if let Some(vm) = vm {
         vm_epochs(rec, vm_pid, vm);
     }
@@ -152,8 +154,19 @@ pub fn uname() -> String {
     )
 }
 
+/// `PID COMM` lines, by pid (a trace.dat's cmdlines section).
+pub fn cmdlines_text(comms: std::collections::HashMap<i32, String>) -> String {
+    let mut lines: Vec<_> = comms.into_iter().collect();
+    lines.sort_unstable();
+    lines
+        .iter()
+        .map(|(pid, comm)| format!("{pid} {comm}\n"))
+        .collect()
+}
+
 /// The session starts recording: the host stream and the clock.
 pub fn start(rec: &mut Recorder, host: &Instance, clock: &Clock) {
+    rec.host_cmdlines_from(host.tracefs().clone());
     match host_stream(host) {
         Ok(stream) => rec.host_started(stream),
         Err(e) => {
@@ -177,13 +190,7 @@ pub fn finish<'a>(
         }
     }
     if let Some(comms) = host_comms {
-        let mut lines: Vec<_> = comms.into_iter().collect();
-        lines.sort_unstable();
-        let text: String = lines
-            .iter()
-            .map(|(pid, comm)| format!("{pid} {comm}\n"))
-            .collect();
-        rec.host_cmdlines(text);
+        rec.host_cmdlines(cmdlines_text(comms));
     }
     let dir = rec.dir().to_path_buf();
     match rec.finish() {

@@ -22,6 +22,7 @@ pub mod meta;
 pub mod options;
 pub mod readme;
 pub mod recorder;
+pub mod rotate;
 pub mod spill;
 pub mod timeshift;
 

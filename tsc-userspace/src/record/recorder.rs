@@ -23,10 +23,13 @@ use std::{
 use super::{
     meta::{EpochMeta, GuestCpuMeta, GuestMeta, RecordingMeta, SPILL_DIR, StreamMeta, VcpuEpochs},
     options::Tsc2Nsec,
+    rotate::{Rotation, only_pieces},
     spill::SpillStream,
 };
 use crate::{
+    output::rotate::{PieceSignal, Pieces, RotatePolicy},
     timeline::Epoch,
+    tracefs::Tracefs,
     tracefs::{EventFormat, Page, PageLayout},
     wire::Hello,
 };
@@ -97,6 +100,10 @@ pub struct Recorder {
     unchecked: u32,
     /// Guests not recorded because of their Hello.
     pub refused_guests: u64,
+    /// `--rotate-*`: the pieces (see [`super::rotate`]).
+    rotation: Option<Rotation>,
+    /// Where a finished piece's host task names are read.
+    cmdlines: Option<Tracefs>,
 }
 
 impl Recorder {
@@ -112,17 +119,11 @@ impl Recorder {
         {
             return Err(RecorderError::NotEmpty(dir.to_path_buf()));
         }
-        fs::create_dir_all(dir.join(SPILL_DIR)).map_err(io_err)?;
-        let offsets = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(OFFSETS_FILE))
-            .map_err(io_err)?;
         let meta = RecordingMeta {
             version: 1,
             ..RecordingMeta::default()
         };
-        meta.save(dir).map_err(io_err)?;
+        let offsets = start_dir(dir, &meta).map_err(io_err)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             meta,
@@ -132,7 +133,43 @@ impl Recorder {
             stopped: false,
             unchecked: 0,
             refused_guests: 0,
+            rotation: None,
+            cmdlines: None,
         })
+    }
+
+    /// Starts a recording cut into pieces `base/0001/`, ... by `policy`
+    /// ([`super::rotate`]). `base` must hold nothing but pieces (an
+    /// earlier run's, continued) unless `force`.
+    pub fn create_rotating(
+        base: &Path,
+        force: bool,
+        policy: RotatePolicy,
+    ) -> Result<Self, RecorderError> {
+        if !force && !only_pieces(base) {
+            return Err(RecorderError::NotEmpty(base.to_path_buf()));
+        }
+        let mut rotation = Rotation::new(base, policy).map_err(|source| RecorderError::Io {
+            path: base.to_path_buf(),
+            source,
+        })?;
+        let mut rec = Self::create(&rotation.dir(), false)?;
+        rotation.started();
+        rec.rotation = Some(rotation);
+        Ok(rec)
+    }
+
+    /// Where host task names are read when a piece ends (the session's
+    /// own are given at the end, [`Recorder::host_cmdlines`]).
+    pub fn host_cmdlines_from(&mut self, tracefs: Tracefs) {
+        self.cmdlines = Some(tracefs);
+    }
+
+    /// With rotation: the number of the piece being written (for writers
+    /// that follow it) and how pieces are named.
+    pub fn pieces(&self) -> Option<(PieceSignal, Pieces)> {
+        let r = self.rotation.as_ref()?;
+        Some((r.signal(), r.pieces().clone()))
     }
 
     /// The recording's directory.
@@ -203,10 +240,13 @@ impl Recorder {
         if self.stopped || !self.dir_still_there() {
             return;
         }
-        if let Some(host) = &mut self.host
-            && let Err(e) = host.page(cpu, data)
-        {
-            self.stop(e);
+        self.rotate_if_due();
+        if let Some(host) = &mut self.host {
+            match host.page(cpu, data) {
+                Ok(true) => self.spilled(data.len()),
+                Ok(false) => {}
+                Err(e) => self.stop(e),
+            }
         }
     }
 
@@ -273,11 +313,14 @@ impl Recorder {
         if self.stopped || !self.dir_still_there() {
             return;
         }
+        if self.guests.contains_key(&conn) {
+            self.rotate_if_due();
+        }
         let Some((index, stream)) = self.guests.get_mut(&conn) else {
             return;
         };
         match stream.page(cpu, data) {
-            Ok(true) => {}
+            Ok(true) => self.spilled(data.len()),
             Ok(false) => self.meta.guests[*index].skipped_pages += 1,
             Err(e) => self.stop(e),
         }
@@ -327,12 +370,91 @@ impl Recorder {
         }
     }
 
-    /// Assembles the trace.dat files; returns what was written.
+    /// Assembles the trace.dat files; returns what was written (with
+    /// rotation: of the last piece, after every earlier one is assembled).
     pub fn finish(mut self) -> Result<super::assemble::Summary, super::AssembleError> {
         self.guests.clear();
         self.host = None;
         self.save();
+        if let Some(rotation) = &mut self.rotation {
+            rotation.wait();
+        }
         super::assemble(&self.dir)
+    }
+
+    fn spilled(&mut self, len: usize) {
+        if let Some(r) = &mut self.rotation {
+            r.spilled(len);
+        }
+    }
+
+    fn rotate_if_due(&mut self) {
+        if self.rotation.as_ref().is_some_and(Rotation::due) {
+            self.rotate();
+        }
+    }
+
+    /// Ends the current piece and goes on in the next with every open
+    /// stream and the epochs so far (see [`super::rotate`]).
+    fn rotate(&mut self) {
+        let Some(mut rotation) = self.rotation.take() else {
+            return;
+        };
+        let comms = self.cmdlines.as_ref().map(Tracefs::saved_cmdlines);
+        if let (Some(Ok(comms)), Some(host)) = (comms, &mut self.meta.host) {
+            host.cmdlines = super::live::cmdlines_text(comms);
+        }
+        self.save();
+        if self.stopped {
+            self.rotation = Some(rotation);
+            return;
+        }
+        let dir = rotation.next();
+        let mut meta = RecordingMeta {
+            version: 1,
+            host: self.meta.host.clone(),
+            guests: Vec::new(),
+            vcpus: self.meta.vcpus.clone(),
+            tsc2nsec: self.meta.tsc2nsec,
+            offset_ns: self.meta.offset_ns,
+            stopped: None,
+        };
+        if let Some(host) = &mut meta.host {
+            host.trace_id = trace_id();
+        }
+        let mut open: Vec<_> = self.guests.values_mut().collect();
+        open.sort_by_key(|(index, _)| *index);
+        for (index, _) in open {
+            let mut guest = self.meta.guests[*index].clone();
+            guest.skipped_pages = 0;
+            guest.stream.trace_id = trace_id();
+            *index = meta.guests.len();
+            meta.guests.push(guest);
+        }
+        self.dir = dir;
+        self.meta = meta;
+        match self.reopen() {
+            Ok(()) => {
+                self.unchecked = 0;
+                rotation.started();
+                tracing::info!("recording into {}", self.dir.display());
+            }
+            Err(e) => self.stop(e),
+        }
+        self.rotation = Some(rotation);
+    }
+
+    /// The current directory's files and every open stream's spill files.
+    fn reopen(&mut self) -> io::Result<()> {
+        self.offsets = Some(start_dir(&self.dir, &self.meta)?);
+        if let (Some(host), Some(meta)) = (&mut self.host, &self.meta.host) {
+            host.spill = SpillStream::create(self.dir.join(&meta.dir), host.page_size)?;
+        }
+        for (index, stream) in self.guests.values_mut() {
+            let dir = self.dir.join(&self.meta.guests[*index].stream.dir);
+            stream.spill = SpillStream::create(dir, stream.page_size)?;
+        }
+        Ok(())
     }
 
     /// Writes into files of a removed directory succeed and are lost: look
@@ -375,6 +497,18 @@ impl Recorder {
         // Best effort: the directory may be gone.
         let _ = self.meta.save(&self.dir);
     }
+}
+
+/// Makes a recording directory's spill directory, offsets log and
+/// metadata; returns the offsets log.
+fn start_dir(dir: &Path, meta: &RecordingMeta) -> io::Result<File> {
+    fs::create_dir_all(dir.join(SPILL_DIR))?;
+    let offsets = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(OFFSETS_FILE))?;
+    meta.save(dir)?;
+    Ok(offsets)
 }
 
 /// The stream a Hello describes, if a reader can take it.
@@ -463,12 +597,64 @@ fn trace_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{record::RecordingMeta, tracefs::PageBuilder};
+    use crate::{
+        record::{RecordingMeta, StreamMeta},
+        tracefs::PageBuilder,
+    };
 
     fn page(hello: &Hello) -> Vec<u8> {
         let mut b = PageBuilder::new(PageLayout::parse(&hello.header_page).unwrap());
         b.push(1000, &[1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
         b.finish().to_vec()
+    }
+
+    #[test]
+    fn a_rotating_recording_is_pieces_each_with_the_open_guests() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("rec");
+        // An earlier run's piece: continued after, and counted as kept.
+        fs::create_dir_all(base.join("0004")).unwrap();
+        let policy = RotatePolicy::new(Some(1), None, Some(3)).unwrap();
+        let mut rec = Recorder::create_rotating(&base, false, policy).unwrap();
+        let (signal, pieces) = rec.pieces().unwrap();
+        assert_eq!(signal.current(), 5);
+        let hello = crate::demo::hello("g", &[0]);
+        // The host's task names are read when a piece ends.
+        let tracefs = tempfile::tempdir().unwrap();
+        fs::write(tracefs.path().join("saved_cmdlines"), "42 vcpu-thread\n").unwrap();
+        rec.host_cmdlines_from(Tracefs::at(tracefs.path()));
+        rec.host_started(StreamMeta {
+            page_size: hello.page_size,
+            header_page: hello.header_page.clone(),
+            header_event: hello.header_event.clone(),
+            cpus: 1,
+            ..StreamMeta::default()
+        });
+        rec.guest_connected(1, &hello, GuestBinding::default());
+        let page = page(&hello);
+        // One byte per piece: each page starts a new one.
+        for _ in 0..4 {
+            rec.guest_page(1, 0, &page);
+        }
+        assert_eq!(signal.current(), 8);
+        rec.finish().unwrap();
+        assert_eq!(pieces.existing().unwrap(), vec![6, 7, 8]);
+        for n in [6, 7, 8] {
+            let dir = pieces.path(n);
+            let meta = RecordingMeta::load(&dir).unwrap();
+            assert_eq!(meta.guests.len(), 1, "piece {n}");
+            assert_eq!(meta.guests[0].file, "guest-g.dat");
+            if n < 8 {
+                assert_eq!(meta.host.unwrap().cmdlines, "42 vcpu-thread\n");
+            }
+            let dat = fs::metadata(dir.join("guest-g.dat")).unwrap().len();
+            assert!(dat > u64::from(hello.page_size), "piece {n} is assembled");
+            assert!(dir.join("README").exists());
+        }
+        // Not pieces: refused unless forced.
+        fs::write(base.join("notes"), "x").unwrap();
+        assert!(Recorder::create_rotating(&base, false, policy).is_err());
+        assert!(Recorder::create_rotating(&base, true, policy).is_ok());
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct Session {
     last_comms: Instant,
     /// `--record DIR` (record: see `crate::record::live`).
     recorder: Option<crate::record::Recorder>,
+    /// `--flight-recorder SIZE` (flight: see `crate::flight`).
+    flight: Option<crate::flight::FlightRecorder>,
 }
 
 /// How often host task names are re-read from `saved_cmdlines`.
@@ -194,6 +196,7 @@ impl Session {
             last_clock_refresh: Instant::now(),
             last_comms: Instant::now(),
             recorder: None,
+            flight: None,
         })
     }
 
@@ -212,6 +215,13 @@ impl Session {
         self.recorder = Some(rec);
     }
 
+    /// Keeps the newest pages in `flight`, dumped on SIGUSR1
+    /// (`--flight-recorder`).
+    pub fn flight_recorder(&mut self, mut flight: crate::flight::FlightRecorder) {
+        flight.start(self.host.instance(), self.correlator.clock()); // flight
+        self.flight = Some(flight);
+    }
+
     /// The host clock (TSC to CLOCK_MONOTONIC ns).
     pub fn clock(&self) -> &Clock {
         self.correlator.clock()
@@ -226,6 +236,7 @@ impl Session {
     ) -> Result<Summary, SessionError> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
+        let mut dump_requests = crate::signal::DumpRequests::new(); // flight
         loop {
             let step = tokio::select! {
                 () = &mut shutdown => break,
@@ -234,6 +245,10 @@ impl Session {
                 Some(read) = self.host.pages.recv() => self.on_host_read(read, sink),
                 _ = tick.tick() => {
                     self.on_tick();
+                    Ok(())
+                }
+                () = dump_requests.recv() => {
+                    self.on_dump_request(); // flight
                     Ok(())
                 }
             };
@@ -256,6 +271,18 @@ impl Session {
             }
         }
         self.finish(sink).await
+    }
+
+    /// SIGUSR1: the flight recorder writes what it holds.
+    fn on_dump_request(&mut self) {
+        let Some(flight) = &mut self.flight else {
+            tracing::warn!("SIGUSR1: there is no flight recorder to dump (--flight-recorder SIZE)");
+            return;
+        };
+        let vms = self.correlator.vms();
+        if let Err(e) = flight.dump(|pid| vms.get(pid)) {
+            tracing::error!("flight recorder: cannot write a dump: {e}");
+        }
     }
 
     fn on_offsets(&mut self, events: &[crate::offsets::OffsetEvent]) {
@@ -284,6 +311,9 @@ impl Session {
                 if let Some(rec) = &mut self.recorder {
                     rec.guest_page(page.conn, page.cpu, page.bytes()); // record
                 }
+                if let Some(flight) = &mut self.flight {
+                    flight.guest_page(page.conn, page.cpu, page.bytes()); // flight
+                }
                 self.correlator
                     .guest_page(&page, sink)
                     .map_err(SessionError::Output)?
@@ -310,6 +340,9 @@ impl Session {
                 self.correlator.guest_closed(conn);
                 if let Some(rec) = &mut self.recorder {
                     rec.guest_closed(conn); // record
+                }
+                if let Some(flight) = &mut self.flight {
+                    flight.guest_closed(conn); // flight
                 }
                 match outcome {
                     Ok(reason) => tracing::info!("agent {conn} ({peer}) left: {reason}"),
@@ -356,6 +389,9 @@ impl Session {
             let vm = self.correlator.vms().get(*pid);
             crate::record::live::guest_connected(rec, info.id, &info.hello, *pid, name, vm); // record
         }
+        if let (Some(flight), Some((pid, name))) = (&mut self.flight, &bound) {
+            flight.guest_connected(info.id, &info.hello, *pid, name); // flight
+        }
         let admitted = decision.is_ok();
         admission.answer(decision);
         if admitted {
@@ -382,6 +418,9 @@ impl Session {
         let cpu = page.cpu;
         if let Some(rec) = &mut self.recorder {
             rec.host_page(cpu, &page.data); // record
+        }
+        if let Some(flight) = &mut self.flight {
+            flight.host_page(cpu, &page.data); // flight
         }
         match self.correlator.host_page(cpu, &page.data, sink) {
             Ok(()) => Ok(()),
