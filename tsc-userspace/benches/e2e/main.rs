@@ -86,6 +86,7 @@
 //! `E2E_RECORD=DIR` also records each run's session into `DIR/runN`
 //! (`--record`), to measure what recording costs.
 
+mod agent;
 mod guest;
 mod load;
 mod measure;
@@ -99,7 +100,7 @@ mod session;
 use std::time::Duration;
 
 use run::Workload;
-use tsc_userspace::{agent::sysinfo, tracefs::EventName, vmm};
+use tsc_userspace::tracefs::EventName;
 
 /// The bench's knobs, from the environment.
 pub struct Config {
@@ -185,14 +186,7 @@ fn main() {
              the peer figure is SKIPPED ***\n"
         );
     }
-    let mut vm = vmm::Child::spawn(env!("CARGO_BIN_EXE_tsc-tracer")).expect("starting a VMM");
-    vm.vm().expect("creating the VM");
-    // One vCPU per CPU of this machine, with its APIC id: the agent maps
-    // its CPUs to vCPUs by APIC id, as in a real guest.
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
-    for apic in sysinfo::parse_apic_ids(&cpuinfo).into_values() {
-        vm.vcpu(apic).expect("creating a vCPU");
-    }
+    let vm = agent::vm_like_this_machine();
     report::machine();
     let runs: Vec<run::Run> = config
         .workloads()

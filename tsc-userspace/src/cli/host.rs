@@ -64,6 +64,14 @@ pub struct Args {
     /// The offset journal.
     #[command(flatten)]
     journal: super::offsets::JournalArgs,
+    /// Where to pin the offsets map for `tsc-tracer offsets` to read.
+    #[arg(long, value_name = "PATH", default_value = tsc_userspace::ebpf::DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+    /// Also log the session's counters (agents, events in and out, late,
+    /// lost) as a `status: key=value ...` line every SECS seconds, for
+    /// long sessions whose stderr goes to a log (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    status_secs: u64,
 }
 
 /// `--format`: the live output's, or none.
@@ -111,6 +119,11 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         host_events: args.host_events,
         window: Duration::from_millis(args.window_ms),
         journal: args.journal.options(),
+        load: tsc_userspace::ebpf::LoadOptions {
+            pin_path: Some(args.pin_path.clone()),
+            ..Default::default()
+        },
+        status_every: (args.status_secs > 0).then(|| Duration::from_secs(args.status_secs)),
         ..SessionOptions::default()
     };
     let mut session = Session::start(options)
