@@ -89,6 +89,7 @@
 //! `--flush-ms`; default theirs, 10): `E2E_FLUSH_MS=1` is the low-latency
 //! setting the README documents.
 
+mod agent;
 mod guest;
 mod load;
 mod measure;
@@ -102,7 +103,7 @@ mod session;
 use std::time::Duration;
 
 use run::Workload;
-use tsc_userspace::{agent::sysinfo, tracefs::EventName, vmm};
+use tsc_userspace::tracefs::EventName;
 
 /// The bench's knobs, from the environment.
 pub struct Config {
@@ -196,14 +197,7 @@ fn main() {
              the peer figure is SKIPPED ***\n"
         );
     }
-    let mut vm = vmm::Child::spawn(env!("CARGO_BIN_EXE_tsc-tracer")).expect("starting a VMM");
-    vm.vm().expect("creating the VM");
-    // One vCPU per CPU of this machine, with its APIC id: the agent maps
-    // its CPUs to vCPUs by APIC id, as in a real guest.
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
-    for apic in sysinfo::parse_apic_ids(&cpuinfo).into_values() {
-        vm.vcpu(apic).expect("creating a vCPU");
-    }
+    let vm = agent::vm_like_this_machine();
     report::machine();
     let runs: Vec<run::Run> = config
         .workloads()

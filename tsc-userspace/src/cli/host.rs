@@ -104,6 +104,14 @@ pub struct Args {
     /// that reaches it can send this session guest traces.
     #[arg(long, conflicts_with = "key_file")]
     insecure: bool,
+    /// Where to pin the offsets map for `tsc-tracer offsets` to read.
+    #[arg(long, value_name = "PATH", default_value = tsc_userspace::ebpf::DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+    /// Also log the session's counters (agents, events in and out, late,
+    /// lost) as a `status: key=value ...` line every SECS seconds, for
+    /// long sessions whose stderr goes to a log (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    status_secs: u64,
 }
 
 /// Where flight recorder dumps go by default.
@@ -172,6 +180,11 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         host_flush: Duration::from_millis(args.flush_ms.max(1)),
         journal: args.journal.options(),
         ingest,
+        load: tsc_userspace::ebpf::LoadOptions {
+            pin_path: Some(args.pin_path.clone()),
+            ..Default::default()
+        },
+        status_every: (args.status_secs > 0).then(|| Duration::from_secs(args.status_secs)),
         ..SessionOptions::default()
     };
     let mut session = Session::start(options)
