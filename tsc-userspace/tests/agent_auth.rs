@@ -147,10 +147,11 @@ async fn only_agents_with_the_host_s_key_are_served() {
             IngestItem::Closed { outcome: Ok(r), .. } => bye = Some(r.clone()),
             _ => {}
         }
-        if markers.len() >= MARKERS && refusals.len() >= 2 {
-            if let Some(stop) = stop.take() {
-                let _ = stop.send(());
-            }
+        if markers.len() >= MARKERS
+            && refusals.len() >= 2
+            && let Some(stop) = stop.take()
+        {
+            let _ = stop.send(());
         }
     }
     writer.await.unwrap();
