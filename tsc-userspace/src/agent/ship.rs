@@ -572,6 +572,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_newest_version_a_reject_names_is_read() {
+        for (reason, want) in [
+            (
+                "unsupported protocol version 3 (this build speaks 1)",
+                Some(1),
+            ),
+            (
+                "unsupported protocol version 3 (this build speaks 1 to 2)",
+                Some(2),
+            ),
+            (
+                "unsupported protocol version 9 (this build speaks 1 to 3)",
+                Some(3),
+            ),
+            ("unsupported protocol version 3", None),
+            (
+                "unsupported protocol version 3 (this build speaks many)",
+                None,
+            ),
+        ] {
+            assert_eq!(newest_spoken(reason), want, "{reason}");
+        }
+    }
+
+    #[test]
     fn a_batch_yields_its_parts_in_order_across_partial_advances() {
         let mut batch = Batch::default();
         for part in [&b"abc"[..], b"", b"de", b"fghij"] {
