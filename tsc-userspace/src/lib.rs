@@ -23,7 +23,8 @@
 //!
 //! Beside the flow: [`doctor`] checks what a host allows, [`vmm`] is a
 //! minimal VMM on `/dev/kvm` (tests, demo), [`demo`] the toy guest behind
-//! `tsc-tracer demo`.
+//! `tsc-tracer demo`. [`record`] writes a session as trace.dat files;
+//! [`flight`] keeps only its newest pages and writes them when asked.
 //!
 //! Without the default `host` feature only [`agent`], [`page_reader`], [`signal`], [`tracefs`]
 //! and [`wire`] build: the guest agent alone (the `tsc-agent` binary), with
