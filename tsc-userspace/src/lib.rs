@@ -26,11 +26,14 @@
 //! `tsc-tracer demo`. [`record`] writes a session as trace.dat files;
 //! [`flight`] keeps only its newest pages and writes them when asked.
 //!
-//! Without the default `host` feature only [`agent`], [`page_reader`], [`signal`], [`tracefs`]
+//! Agents prove a shared key to the host with [`auth`].
+//!
+//! Without the default `host` feature only [`agent`], [`auth`], [`page_reader`], [`signal`], [`tracefs`]
 //! and [`wire`] build: the guest agent alone (the `tsc-agent` binary), with
 //! stable Rust and none of the kernel side's dependencies.
 
 pub mod agent;
+pub mod auth;
 #[cfg(feature = "host")]
 pub mod btf;
 #[cfg(feature = "host")]

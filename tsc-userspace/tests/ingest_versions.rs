@@ -110,10 +110,18 @@ fn watermarks(items: &[IngestItem]) -> Vec<(u32, u32, u64)> {
         .collect()
 }
 
+/// Version 2, and version 3 without a key on either side (served as 2:
+/// the same frames, no challenge).
 #[tokio::test]
 async fn a_version_2_agent_s_watermarks_come_out_only_when_they_advance() {
+    for version in [2, VERSION] {
+        watermarks_advance(version).await;
+    }
+}
+
+async fn watermarks_advance(version: u16) {
     let (mut ingest, addr) = start().await;
-    let (_rx, mut tx) = connect(addr, VERSION).await;
+    let (_rx, mut tx) = connect(addr, version).await;
     for frame in [
         Frame::Drained(vec![mark(0, 100), mark(1, 200)]),
         Frame::Drained(vec![mark(0, 100), mark(1, 150)]),
@@ -126,7 +134,7 @@ async fn a_version_2_agent_s_watermarks_come_out_only_when_they_advance() {
     let IngestItem::Connected(info) = &items[0] else {
         panic!("{:?}", items[0])
     };
-    assert_eq!(info.hello.version, 2);
+    assert_eq!(info.hello.version, version);
     assert_eq!(
         watermarks(&items),
         vec![(0, 1, 100), (1, 1, 200), (0, 1, 300)]

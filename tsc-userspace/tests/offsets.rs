@@ -44,7 +44,14 @@ struct Follower {
 impl Follower {
     fn start(pin: &PathBuf) -> Self {
         let mut process = Command::new(BINARY)
-            .args(["offsets", "--follow", "--json", "--pin-path"])
+            // Never the system's journal (/var/lib/tsc-tracer) from a test.
+            .args([
+                "offsets",
+                "--follow",
+                "--no-journal",
+                "--json",
+                "--pin-path",
+            ])
             .arg(pin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

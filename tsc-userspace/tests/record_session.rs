@@ -270,7 +270,8 @@ async fn a_killed_session_is_assembled_by_record_finish() {
         l.local_addr().unwrap().port()
     };
     let mut host = Command::new(BINARY)
-        .args(["host", "--format", "none", "--listen"])
+        // Never the system's journal (/var/lib/tsc-tracer) from a test.
+        .args(["host", "--no-journal", "--format", "none", "--listen"])
         .arg(format!("tcp:127.0.0.1:{port}"))
         .arg("--vm")
         .arg(format!("{}=k9", child.pid()))

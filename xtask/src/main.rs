@@ -3,6 +3,7 @@
 //! Every command installs what it needs first (see `setup`), says what it is
 //! doing on stderr, and fails with a message naming the missing piece.
 
+mod fuzz;
 mod mutants;
 mod setup;
 mod shell;
@@ -40,6 +41,9 @@ enum Command {
     /// Setup, then fmt, clippy (userspace and eBPF), unit, privileged
     /// integration and fuzz tests. Privileged tests must run, never skip.
     Test(test::Args),
+    /// Long fuzz runs: each target of `fuzz/` (or each `--target NAME`) for
+    /// `--minutes N`, printing its executions; fails on a crash.
+    Fuzz(fuzz::Args),
     /// Mutation testing of the core (cargo-mutants, unit tests only; not
     /// part of `test`): every mutant no test notices is listed.
     Mutants(mutants::Args),
@@ -70,6 +74,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run_tracer(args)
         }
         Command::Test(args) => test::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Fuzz(args) => fuzz::run(args).map(|()| ExitCode::SUCCESS),
         Command::Mutants(args) => mutants::run(args).map(|()| ExitCode::SUCCESS),
     }
 }

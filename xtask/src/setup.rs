@@ -56,6 +56,13 @@ pub fn for_tests() -> Result<()> {
     cargo_fuzz()
 }
 
+/// What `cargo xtask fuzz` needs: `all` (the fuzz crate builds the host
+/// library, eBPF object included), plus cargo-fuzz.
+pub fn for_fuzzing() -> Result<()> {
+    all()?;
+    cargo_fuzz()
+}
+
 /// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.
 fn cargo_fuzz() -> Result<()> {
     if shell::output(shell::command("cargo").args(["fuzz", "--version"])).is_some() {

@@ -1,5 +1,7 @@
 //! `cargo xtask test`: every check CI runs, in the order that fails fastest.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 
 use crate::{
@@ -77,31 +79,11 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// Runs every target of the `fuzz/` crate (as `cargo fuzz list` names them)
-/// for a bounded time each.
+/// for a bounded time each (`cargo xtask fuzz` is the long run).
 fn fuzz(seconds: u64) -> Result<()> {
     if seconds == 0 {
         step("fuzzing skipped (--fuzz-seconds 0)");
         return Ok(());
     }
-    let list = shell::output(shell::nightly_cargo().args(["fuzz", "list"]))
-        .context("`cargo fuzz list` failed (is cargo-fuzz installed?)")?;
-    for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
-        step(&format!("fuzzing {target} for {seconds} s"));
-        let mut run = shell::nightly_cargo();
-        run.args(["fuzz", "run", target]);
-        // Seeds kept in the repo (fuzz/seeds/TARGET) start the run beside
-        // the working corpus, which gets what the fuzzer finds.
-        let fuzz_dir = shell::workspace_root().join("fuzz");
-        let seeds = fuzz_dir.join("seeds").join(target);
-        if seeds.is_dir() {
-            let corpus = fuzz_dir.join("corpus").join(target);
-            std::fs::create_dir_all(&corpus)
-                .with_context(|| format!("creating {}", corpus.display()))?;
-            run.arg(&corpus).arg(&seeds);
-        }
-        shell::run(run.args(["--", &format!("-max_total_time={seconds}")])).with_context(|| {
-            format!("fuzz target {target} found a failure (see fuzz/artifacts/)")
-        })?;
-    }
-    Ok(())
+    crate::fuzz::run_all(&crate::fuzz::list()?, Duration::from_secs(seconds))
 }

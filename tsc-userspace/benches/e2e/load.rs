@@ -1,6 +1,7 @@
 //! The workload: trace_marker writes into the agent's instance, each
 //! carrying its sequence number and the CLOCK_MONOTONIC time just before
-//! its write(2).
+//! its write(2). Shared with the soak bench (`benches/soak`, which
+//! includes this file by path: hence `super::`, not `crate::`).
 
 use std::{
     fs,
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::measure::mono_ns;
+use super::measure::mono_ns;
 
 /// Marker texts start with this; the rest is `SEQ:SEND_NS`.
 pub const TAG: &[u8] = b"e2e:";
@@ -59,11 +60,7 @@ pub fn run(marker: &Path, cpu: usize, count: u64, rate: Option<u64>) -> Sent {
         };
         while seq < due {
             last_ns = mono_ns();
-            line.clear();
-            line.extend_from_slice(TAG);
-            line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-            line.push(b':');
-            line.extend_from_slice(itoa::Buffer::new().format(last_ns).as_bytes());
+            marker_text(&mut line, seq, last_ns);
             file.write_all(&line).expect("writing trace_marker");
             seq += 1;
         }
@@ -76,6 +73,15 @@ pub fn run(marker: &Path, cpu: usize, count: u64, rate: Option<u64>) -> Sent {
         first_ns,
         last_ns,
     }
+}
+
+/// The text of marker `seq` sent at `send_ns`, into `line`.
+pub fn marker_text(line: &mut Vec<u8>, seq: u64, send_ns: u64) {
+    line.clear();
+    line.extend_from_slice(TAG);
+    line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    line.push(b':');
+    line.extend_from_slice(itoa::Buffer::new().format(send_ns).as_bytes());
 }
 
 /// Keeps the workload on one CPU so the guest's events form one busy

@@ -84,8 +84,12 @@
 //! (32768, the host recording per CPU), `E2E_KEEP=1` keeps the files
 //! (timeline.txt, host.dat, guest.dat, report.txt) and prints where.
 //! `E2E_RECORD=DIR` also records each run's session into `DIR/runN`
-//! (`--record`), to measure what recording costs.
+//! (`--record`), to measure what recording costs. `E2E_FLUSH_MS=N` reads
+//! every CPU's buffer every N ms on both sides (the agent's and the host's
+//! `--flush-ms`; default theirs, 10): `E2E_FLUSH_MS=1` is the low-latency
+//! setting the README documents.
 
+mod agent;
 mod guest;
 mod load;
 mod measure;
@@ -99,7 +103,7 @@ mod session;
 use std::time::Duration;
 
 use run::Workload;
-use tsc_userspace::{agent::sysinfo, tracefs::EventName, vmm};
+use tsc_userspace::tracefs::EventName;
 
 /// The bench's knobs, from the environment.
 pub struct Config {
@@ -121,6 +125,14 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{name}={v}: not a valid value")),
         Err(_) => default,
     }
+}
+
+/// `E2E_FLUSH_MS`, when set: the agent's and the host's flush period.
+pub fn flush_ms() -> Option<u64> {
+    std::env::var("E2E_FLUSH_MS").ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("E2E_FLUSH_MS={v}: not a number"))
+    })
 }
 
 impl Config {
@@ -185,14 +197,7 @@ fn main() {
              the peer figure is SKIPPED ***\n"
         );
     }
-    let mut vm = vmm::Child::spawn(env!("CARGO_BIN_EXE_tsc-tracer")).expect("starting a VMM");
-    vm.vm().expect("creating the VM");
-    // One vCPU per CPU of this machine, with its APIC id: the agent maps
-    // its CPUs to vCPUs by APIC id, as in a real guest.
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
-    for apic in sysinfo::parse_apic_ids(&cpuinfo).into_values() {
-        vm.vcpu(apic).expect("creating a vCPU");
-    }
+    let vm = agent::vm_like_this_machine();
     report::machine();
     let runs: Vec<run::Run> = config
         .workloads()

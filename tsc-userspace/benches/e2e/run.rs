@@ -2,18 +2,14 @@
 //! events.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Stdio,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use tsc_userspace::session::Summary;
 
-use crate::{Config, guest, load, measure::Percentiles, output, peer, relay, session};
+use crate::{Config, agent, guest, load, measure::Percentiles, output, peer, relay, session};
 
 /// Everything one run measured.
 pub struct Run {
@@ -40,18 +36,6 @@ pub struct Run {
     /// Host events the peer's recording holds.
     pub peer_host_events: u64,
     pub peer: Option<peer::Report>,
-}
-
-/// Kills the agent if a run panics half way.
-struct AgentGuard(Option<Child>);
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// What one run does.
@@ -84,8 +68,15 @@ pub fn run(config: &Config, vm: u32, workload: &Workload) -> Run {
     let recorder = peer::HostRecorder::start(&config.host_events, config.host_buffer_kb);
     let session = session::start(vm, &config.host_events, config.window, &out_path);
     let relay = relay::Relay::start(session.addr);
-    let mut agent = AgentGuard(Some(spawn_agent(relay.port, *agent_buffer_kb)));
-    let agent_pid = agent.0.as_ref().map_or(0, Child::id);
+    let mut agent = agent::spawn(agent::AgentArgs {
+        port: relay.port,
+        name: "vm1",
+        buffer_kb: *agent_buffer_kb,
+        retry: 5,
+        flush_ms: crate::flush_ms(),
+        stderr: Stdio::inherit(),
+    });
+    let agent_pid = agent.pid();
     wait_for(
         || relay.acked.load(Ordering::Acquire),
         "the agent to be bound",
@@ -106,7 +97,7 @@ pub fn run(config: &Config, vm: u32, workload: &Workload) -> Run {
     if !burst {
         std::thread::sleep(settle);
     }
-    let agent_cpu = stop_agent(&mut agent);
+    let agent_cpu = agent::stop(&mut agent);
     if *burst {
         std::thread::sleep(settle);
     }
@@ -181,44 +172,6 @@ impl Run {
             self.end_to_end_seconds = (last - self.sent.first_ns) as f64 / 1e9;
         }
     }
-}
-
-fn spawn_agent(port: u16, buffer_kb: u32) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tsc-tracer"))
-        .args(["-q", "agent", "--connect", &format!("tcp:127.0.0.1:{port}")])
-        .args(["--name", "vm1", "--events", "sched:sched_process_exec"])
-        .args(
-            (buffer_kb > 0)
-                .then(|| ["--buffer-kb".to_owned(), buffer_kb.to_string()])
-                .into_iter()
-                .flatten(),
-        )
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting the agent")
-}
-
-/// SIGTERM: the agent flushes what it holds, says Bye and exits. Returns
-/// the CPU seconds it used in all its life (its rusage, from wait4).
-fn stop_agent(agent: &mut AgentGuard) -> f64 {
-    let Some(child) = agent.0.take() else {
-        return 0.0;
-    };
-    let pid = child.id() as i32;
-    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it and `status`.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not yet reaped (its `Child` is dropped
-    // without waiting); both pointers are valid.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid, "waiting for the agent");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the agent failed: wait status {status:#x}"
-    );
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {

@@ -47,6 +47,10 @@ pub fn start(vm: u32, host_events: &[EventName], window: Duration, out: &Path) -
         vms: vec![format!("{vm}=vm1").parse::<VmSpec>().expect("vm spec")],
         host_events: Some(host_events.to_vec()),
         window,
+        host_flush: crate::flush_ms().map_or(
+            tsc_userspace::session::host::DEFAULT_FLUSH,
+            Duration::from_millis,
+        ),
         ..SessionOptions::default()
     };
     let (file, writes) = TimedFile::create(out);

@@ -13,19 +13,20 @@ mod ship;
 pub mod sysinfo;
 pub mod transport;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
+    auth::SharedKey,
     tracefs::{AsyncRawPipe, EventName, FormatError, Instance, InstanceOptions, TracefsError},
     wire::{Endpoint, Hello},
 };
 
 pub use sysinfo::SysInfoError;
-pub use transport::ConnectError;
+pub use transport::{ConnectError, RETRY_FOREVER};
 
 /// Events traced when none are asked for: scheduling and interrupts.
 pub const DEFAULT_EVENTS: &str =
@@ -59,8 +60,12 @@ pub struct AgentConfig {
     pub events: Vec<EventName>,
     /// Name in the Hello (default: the hostname).
     pub name: Option<String>,
-    /// Reconnection attempts after a failure before giving up (0: none).
+    /// Reconnection attempts after a failure before giving up (0: none;
+    /// [`RETRY_FOREVER`]: until stopped).
     pub retry: u32,
+    /// The key to prove to the host (`docs/PROTOCOL.md` §9). With one, the
+    /// agent also requires the host to prove it back.
+    pub key: Option<Arc<SharedKey>>,
     /// Interval between KeepAlives.
     pub keepalive: Duration,
     /// Shortest interval at which every CPU is read, partly filled pages
@@ -74,7 +79,8 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults: the [`DEFAULT_EVENTS`], 5 retries, a KeepAlive every 250 ms,
+    /// Defaults: the [`DEFAULT_EVENTS`], retrying until stopped (backoff
+    /// from 100 ms to 5 s), no key, a KeepAlive every 250 ms,
     /// a flush every 10 ms, the default buffer size and wake-up level.
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
@@ -84,7 +90,8 @@ impl AgentConfig {
                 .filter_map(|e| e.parse().ok())
                 .collect(),
             name: None,
-            retry: 5,
+            retry: RETRY_FOREVER,
+            key: None,
             keepalive: Duration::from_millis(250),
             flush: DEFAULT_FLUSH,
             buffer_size_kb: None,
@@ -114,6 +121,15 @@ pub enum AgentError {
         /// The host.
         endpoint: Endpoint,
         /// What happened.
+        reason: String,
+    },
+    /// The two sides could not authenticate each other (a key on one side
+    /// only, or a host that cannot prove the agent's key). Not retried.
+    #[error("{endpoint}: {reason}")]
+    Auth {
+        /// The host.
+        endpoint: Endpoint,
+        /// What is missing or wrong.
         reason: String,
     },
     /// The host refused the Hello.

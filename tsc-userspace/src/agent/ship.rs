@@ -1,5 +1,5 @@
-//! Shipping pages to the host: connections, handshake, the send loop, and
-//! the orderly end.
+//! Shipping pages to the host: connections, handshake (with the key's
+//! challenge-response), the send loop, reconnection, and the orderly end.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,11 +19,12 @@ use super::{
     transport::{self, Backoff, ConnectError, Transport},
 };
 use crate::{
+    auth::{self, HMAC_SHA256, Transcript},
     page_reader::{Read, Readers},
     tracefs::Instance,
     wire::{
-        DEFAULT_MAX_BODY, Frame, FrameCodec, Hello, Lost, MIN_VERSION, Page, TscSample, VERSION,
-        WireError,
+        AUTH_VERSION, AuthChallenge, AuthResponse, DEFAULT_MAX_BODY, Frame, FrameCodec, Hello,
+        Lost, MIN_VERSION, Page, TscSample, VERSION, WireError,
     },
 };
 
@@ -59,7 +60,15 @@ enum ConnectionError {
     WriteTimeout(Duration),
     #[error("the page readers stopped")]
     ReadersGone,
+    /// Authentication cannot succeed with this configuration: not retried.
+    #[error("{0}")]
+    Auth(String),
 }
+
+/// What the agent tells a host that challenges it without a key, and the
+/// error it stops with.
+const NO_KEY: &str = "this host requires agents to prove a shared key: start the agent with \
+                      --key-file PATH (the host's key)";
 
 type Reader = FramedRead<ReadHalf<Box<dyn Transport>>, FrameCodec>;
 type Writer = WriteHalf<Box<dyn Transport>>;
@@ -111,7 +120,7 @@ impl Shipper {
         let mut backoff = Backoff::new(self.config.retry);
         loop {
             let connections = self.report.connections;
-            let err = match self.connect_and_ship(stop, readers).await {
+            let err = match self.connect_and_ship(stop, readers, &backoff).await {
                 Ok(()) => return Ok(self.report),
                 // A host of an older version says so in its Reject: offer
                 // the older version at once (PROTOCOL.md, versioning).
@@ -119,13 +128,7 @@ impl Shipper {
                     if self.version > MIN_VERSION
                         && reason.starts_with("unsupported protocol version") =>
                 {
-                    warn!(
-                        "{} refused protocol version {} ({reason}); offering {}",
-                        self.config.endpoint,
-                        self.version,
-                        self.version - 1
-                    );
-                    self.version -= 1;
+                    self.downgrade(&reason)?;
                     continue;
                 }
                 Err(ConnectionError::Rejected(reason)) => {
@@ -134,10 +137,16 @@ impl Shipper {
                         reason,
                     });
                 }
+                Err(ConnectionError::Auth(reason)) => {
+                    return Err(AgentError::Auth {
+                        endpoint: self.config.endpoint.clone(),
+                        reason,
+                    });
+                }
                 Err(err) => err,
             };
             if self.report.connections > connections {
-                backoff.reset(self.config.retry);
+                backoff.reset();
             }
             let why = err.to_string();
             let again = tokio::select! {
@@ -156,10 +165,35 @@ impl Shipper {
         }
     }
 
+    /// After a Reject naming the versions the host speaks: offer the
+    /// newest of them (or the next lower one when it names none).
+    fn downgrade(&mut self, reason: &str) -> Result<(), AgentError> {
+        let host = newest_spoken(reason)
+            .filter(|&v| v >= MIN_VERSION)
+            .unwrap_or(self.version - 1)
+            .min(self.version - 1);
+        if self.config.key.is_some() && host < AUTH_VERSION {
+            return Err(AgentError::Auth {
+                endpoint: self.config.endpoint.clone(),
+                reason: format!(
+                    "the host speaks protocol versions up to {host} only ({reason}), which \
+                     cannot prove a key; this agent has --key-file: upgrade the host"
+                ),
+            });
+        }
+        warn!(
+            "{} refused protocol version {} ({reason}); offering {host}",
+            self.config.endpoint, self.version
+        );
+        self.version = host;
+        Ok(())
+    }
+
     async fn connect_and_ship(
         &mut self,
         stop: &CancellationToken,
         readers: &Readers,
+        backoff: &Backoff,
     ) -> Result<(), ConnectionError> {
         // Until the handshake is done there is nothing to flush to: a stop
         // just ends the attempt.
@@ -174,19 +208,62 @@ impl Shipper {
             done = self.handshake(&mut rx, &mut wr) => done?,
         }
         self.report.connections += 1;
+        if backoff.failures() > 0 {
+            self.report_gap(backoff);
+        }
         self.ship(&mut rx, &mut wr, stop, readers).await
+    }
+
+    /// After a reconnection: what waited meanwhile is sent now; what the
+    /// guest kernel dropped meanwhile is said here and in Lost frames.
+    fn report_gap(&self, backoff: &Backoff) {
+        let queued = self.pending.len() + self.rx.len();
+        let lost: u64 = self
+            .hello
+            .cpus
+            .iter()
+            .filter_map(|c| {
+                let stats = self
+                    .instance
+                    .read(&format!("per_cpu/cpu{}/stats", c.cpu))
+                    .ok()?;
+                let sent = self.lost_sent.get(&c.cpu).copied().unwrap_or(0);
+                Some(sysinfo::lost_events(&stats).saturating_sub(sent))
+            })
+            .sum();
+        let lost = match lost {
+            0 => "the guest kernel lost no events meanwhile".to_owned(),
+            n => format!("the guest kernel lost {n} events meanwhile (its buffers filled up)"),
+        };
+        info!(
+            "reached {} after {} failed attempts in {:.1?}: sending the {queued} reads that \
+             waited; {lost}",
+            self.config.endpoint,
+            backoff.failures(),
+            backoff.failing_for()
+        );
     }
 
     async fn handshake(&mut self, rx: &mut Reader, wr: &mut Writer) -> Result<(), ConnectionError> {
         let mut hello = hello::with_samples(&self.hello);
         hello.version = self.version;
-        let hello = Frame::Hello(Box::new(hello));
-        self.write(wr, &hello).await?;
-        let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.next())
-            .await
-            .map_err(|_| ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?;
+        // Kept: the authentication digests what was sent.
+        self.write(wr, &Frame::Hello(Box::new(hello.clone())))
+            .await?;
+        let mut reply = handshake_reply(rx).await?;
+        if let Frame::AuthChallenge(challenge) = reply {
+            self.prove(rx, wr, challenge, &hello).await?;
+            reply = handshake_reply(rx).await?;
+        } else if self.config.key.is_some() && matches!(reply, Frame::HelloAck(_)) {
+            let why = "this agent has a key (--key-file) but the host asked for none";
+            let _ = self.write(wr, &Frame::Bye(why.into())).await;
+            return Err(ConnectionError::Auth(format!(
+                "{why}: it may not be the host meant; give the host the same --key-file, \
+                 or run this agent without one"
+            )));
+        }
         match reply {
-            Some(Ok(Frame::HelloAck(ack))) => {
+            Frame::HelloAck(ack) => {
                 info!(
                     "connected to {} as connection {}",
                     self.config.endpoint, ack.connection_id
@@ -194,8 +271,55 @@ impl Shipper {
                 self.max_body = ack.max_body;
                 Ok(())
             }
-            Some(Ok(Frame::Reject(reason))) => Err(ConnectionError::Rejected(reason)),
-            other => Err(host_ended(other)),
+            Frame::Reject(reason) => Err(ConnectionError::Rejected(reason)),
+            other => Err(host_ended(Some(Ok(other)))),
+        }
+    }
+
+    /// Answers the host's challenge, then checks the host's own proof
+    /// (`docs/PROTOCOL.md` §9).
+    async fn prove(
+        &mut self,
+        rx: &mut Reader,
+        wr: &mut Writer,
+        challenge: AuthChallenge,
+        hello: &Hello,
+    ) -> Result<(), ConnectionError> {
+        let Some(key) = self.config.key.clone() else {
+            let _ = self.write(wr, &Frame::Bye(NO_KEY.into())).await;
+            return Err(ConnectionError::Auth(NO_KEY.into()));
+        };
+        if challenge.method != HMAC_SHA256 {
+            let why = format!(
+                "the host asks for authentication method {}, which this agent does not know",
+                challenge.method
+            );
+            let _ = self.write(wr, &Frame::Bye(why.clone())).await;
+            return Err(ConnectionError::Auth(why));
+        }
+        let agent_nonce = auth::fresh_nonce()?;
+        let transcript = Transcript {
+            host_nonce: challenge.host_nonce,
+            agent_nonce,
+            hello: auth::hello_digest(hello)?,
+        };
+        let response = AuthResponse {
+            method: HMAC_SHA256,
+            agent_nonce,
+            proof: transcript.agent_proof(&key),
+        };
+        self.write(wr, &Frame::AuthResponse(response)).await?;
+        match handshake_reply(rx).await? {
+            Frame::AuthConfirm(proof) if transcript.verify_host(&key, &proof) => Ok(()),
+            Frame::AuthConfirm(_) => {
+                let why = "the host's proof does not match this agent's key";
+                let _ = self.write(wr, &Frame::Bye(why.into())).await;
+                Err(ConnectionError::Auth(format!(
+                    "{why}: a host with another --key-file, or not the host meant"
+                )))
+            }
+            Frame::Reject(reason) => Err(ConnectionError::Rejected(reason)),
+            other => Err(host_ended(Some(Ok(other)))),
         }
     }
 
@@ -361,6 +485,23 @@ async fn write_all<W: AsyncWrite + Unpin>(
         .await
         .map_err(|_| ConnectionError::WriteTimeout(WRITE_TIMEOUT))??;
     Ok(())
+}
+
+/// The host's next frame during the handshake, within its time limit.
+async fn handshake_reply(rx: &mut Reader) -> Result<Frame, ConnectionError> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.next()).await {
+        Err(_) => Err(ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+        Ok(Some(Ok(frame))) => Ok(frame),
+        Ok(other) => Err(host_ended(other)),
+    }
+}
+
+/// The newest version a host's "unsupported protocol version" Reject says
+/// it speaks: "(this build speaks 1 to 2)" or "(this build speaks 1)".
+fn newest_spoken(reason: &str) -> Option<u16> {
+    let spoken = reason.split("this build speaks ").nth(1)?;
+    let spoken = spoken.split(')').next()?;
+    spoken.rsplit(' ').next()?.trim().parse().ok()
 }
 
 /// What a frame (or its absence) from the host means once streaming.

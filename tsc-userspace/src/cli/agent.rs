@@ -1,11 +1,12 @@
 //! `tsc-tracer agent` and `tsc-agent`: the guest side of a session.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tracing::{info, warn};
 use tsc_userspace::{
-    agent::{self, Agent, AgentConfig, DEFAULT_EVENTS},
+    agent::{self, Agent, AgentConfig, DEFAULT_EVENTS, RETRY_FOREVER},
+    auth::SharedKey,
     tracefs::{self, EventName},
     wire::Endpoint,
 };
@@ -23,9 +24,17 @@ pub struct Args {
     /// Name to announce to the host (default: the hostname).
     #[arg(long)]
     name: Option<String>,
-    /// Reconnection attempts after a failure (0: fail at once).
-    #[arg(long, default_value_t = 5)]
-    retry: u32,
+    /// Reconnection attempts after a failure (0: fail at once). Default:
+    /// retry until stopped, so the agent outlasts a restart of the host
+    /// (pauses from 100 ms doubling to 5 s, with jitter).
+    #[arg(long, value_name = "N")]
+    retry: Option<u32>,
+    /// Prove this shared key to the host, and require the host to prove it
+    /// back (the host's --key-file). The file holds at least 32 bytes, raw
+    /// or as hex (`openssl rand -hex 32 > FILE`), and only its owner may
+    /// read it (chmod 600). See docs/PROTOCOL.md, authentication.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// Per-CPU ring buffer size in KiB (default: 4096).
     #[arg(long, value_name = "KIB")]
     buffer_kb: Option<u32>,
@@ -48,9 +57,14 @@ pub struct Args {
 
 /// Runs `tsc-tracer agent` until SIGINT/SIGTERM (exit 0) or a lasting failure.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let key = match &args.key_file {
+        Some(path) => Some(Arc::new(SharedKey::from_file(path)?)),
+        None => None,
+    };
     let config = AgentConfig {
         name: args.name,
-        retry: args.retry,
+        retry: args.retry.unwrap_or(RETRY_FOREVER),
+        key,
         keepalive: Duration::from_millis(args.keepalive_ms.max(1)),
         flush: Duration::from_millis(args.flush_ms.max(1)),
         buffer_size_kb: args.buffer_kb,

@@ -1,6 +1,6 @@
 //! `tsc-tracer host`: the live correlation session.
 
-use std::{fs::File, io, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fs::File, io, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tsc_userspace::{
@@ -58,6 +58,12 @@ pub struct Args {
     /// streams before it is written (later arrivals are flagged "late").
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     window_ms: u64,
+    /// Milliseconds between reads of every host CPU's buffer, partly filled
+    /// pages included. A guest event is written once every host CPU's
+    /// watermark passed it, so this bounds the latency: for the lowest
+    /// (about 2 ms), give 1 here and to the agents' --flush-ms.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    flush_ms: u64,
     /// Also record the session into DIR as trace.dat files for trace-cmd
     /// and KernelShark (docs/RECORDING.md). DIR must be new or empty.
     #[arg(long, value_name = "DIR")]
@@ -87,6 +93,25 @@ pub struct Args {
     /// The offset journal.
     #[command(flatten)]
     journal: super::offsets::JournalArgs,
+    /// Agents must prove this shared key (HMAC-SHA256 challenge-response;
+    /// docs/PROTOCOL.md) on every listener, vsock included; give each agent
+    /// the same file with its --key-file. At least 32 bytes, raw or hex,
+    /// readable by its owner only (chmod 600). Required for a TCP listener
+    /// on an address other than loopback.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// Listen on a non-loopback TCP address without --key-file: every peer
+    /// that reaches it can send this session guest traces.
+    #[arg(long, conflicts_with = "key_file")]
+    insecure: bool,
+    /// Where to pin the offsets map for `tsc-tracer offsets` to read.
+    #[arg(long, value_name = "PATH", default_value = tsc_userspace::ebpf::DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+    /// Also log the session's counters (agents, events in and out, late,
+    /// lost) as a `status: key=value ...` line every SECS seconds, for
+    /// long sessions whose stderr goes to a log (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    status_secs: u64,
 }
 
 /// Where flight recorder dumps go by default.
@@ -136,12 +161,30 @@ async fn run_async(args: Args) -> Result<ExitCode> {
     };
     let record_pieces = recorder.as_ref().and_then(record::Recorder::pieces);
     let listen = listeners(&args.listen)?;
+    let key = match &args.key_file {
+        Some(path) => Some(Arc::new(tsc_userspace::auth::SharedKey::from_file(path)?)),
+        None => None,
+    };
+    let ingest = tsc_userspace::ingest::IngestConfig {
+        key,
+        insecure: args.insecure,
+        ..Default::default()
+    };
+    // Refused before the kernel programs load, with the reason.
+    tsc_userspace::ingest::check_listeners(&listen, &ingest).await?;
     let options = SessionOptions {
         listen,
         vms: args.vm,
         host_events: args.host_events,
         window: Duration::from_millis(args.window_ms),
+        host_flush: Duration::from_millis(args.flush_ms.max(1)),
         journal: args.journal.options(),
+        ingest,
+        load: tsc_userspace::ebpf::LoadOptions {
+            pin_path: Some(args.pin_path.clone()),
+            ..Default::default()
+        },
+        status_every: (args.status_secs > 0).then(|| Duration::from_secs(args.status_secs)),
         ..SessionOptions::default()
     };
     let mut session = Session::start(options)

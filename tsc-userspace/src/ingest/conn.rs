@@ -1,4 +1,5 @@
-//! One connection: handshake, then frames until Bye, error or silence.
+//! One connection: handshake (with the key's challenge when the ingest has
+//! one), then frames until Bye, error or silence.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -17,9 +18,11 @@ use super::{
     Cmdlines, ConnError, ConnId, ConnectionInfo, EventPage, GuestFormats, IngestConfig, IngestItem,
     SockAddr,
 };
+use crate::auth::{self, HMAC_SHA256, SharedKey, Transcript};
 use crate::tracefs::parse_saved_cmdlines;
 use crate::wire::{
-    DrainedCpu, Frame, FrameCodec, HEADER_LEN, Hello, HelloAck, Page, TRACE_CLOCK, WireError, rdtsc,
+    AUTH_VERSION, AuthChallenge, DrainedCpu, Frame, FrameCodec, HEADER_LEN, Hello, HelloAck, Page,
+    TRACE_CLOCK, WireError, rdtsc,
 };
 
 /// How long a parting Reject or Bye may take to send.
@@ -72,7 +75,9 @@ where
 /// Tells the peer why it is being dropped, when it can still hear it.
 async fn goodbye<S: AsyncWrite>(writer: &mut Writer<S>, err: &ConnError) {
     let frame = match err {
-        ConnError::Refused(reason) => Frame::Reject(reason.clone()),
+        ConnError::Refused(reason) | ConnError::Unauthenticated(reason) => {
+            Frame::Reject(reason.clone())
+        }
         ConnError::Wire(e @ (WireError::UnsupportedVersion { .. } | WireError::BadMagic(_))) => {
             Frame::Reject(e.to_string())
         }
@@ -92,6 +97,10 @@ where
 {
     let hello = handshake(reader, ctx).await?;
     let host_tsc_at_hello = rdtsc();
+    // Before anything of the Hello is believed or parsed further.
+    if let Some(key) = &ctx.config.key {
+        authenticate(reader, writer, ctx, key, &hello).await?;
+    }
     let guest = check_hello(&hello, ctx.config.max_body)
         .and_then(|()| GuestFormats::from_hello(&hello))
         .map_err(ConnError::Refused)?;
@@ -154,6 +163,66 @@ async fn handshake<S: AsyncRead>(
             when: "before Hello",
         }),
     }
+}
+
+/// The challenge-response of `docs/PROTOCOL.md` §9: the agent proves the
+/// key over a fresh nonce of ours and its Hello, then we prove it back.
+async fn authenticate<S>(
+    reader: &mut Reader<S>,
+    writer: &mut Writer<S>,
+    ctx: &Context,
+    key: &SharedKey,
+    hello: &Hello,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    if hello.version < AUTH_VERSION {
+        return Err(ConnError::Unauthenticated(format!(
+            "this host requires agents to prove a shared key (--key-file), and protocol \
+             version {} cannot: use an agent of version {AUTH_VERSION} or later with --key-file",
+            hello.version
+        )));
+    }
+    let host_nonce = auth::fresh_nonce().map_err(|e| {
+        ConnError::Unauthenticated(format!("the host cannot draw a random challenge: {e}"))
+    })?;
+    let challenge = AuthChallenge {
+        method: HMAC_SHA256,
+        host_nonce,
+    };
+    writer.send(Frame::AuthChallenge(challenge)).await?;
+    let response = match next_frame(reader, ctx.config.handshake_timeout, true).await? {
+        Frame::AuthResponse(response) => response,
+        Frame::Bye(reason) => {
+            return Err(ConnError::Unauthenticated(format!(
+                "the agent did not answer the key challenge: it said {reason:?}"
+            )));
+        }
+        other => {
+            return Err(ConnError::Unexpected {
+                got: other.frame_type().name(),
+                when: "instead of AuthResponse",
+            });
+        }
+    };
+    let transcript = Transcript {
+        host_nonce,
+        agent_nonce: response.agent_nonce,
+        hello: auth::hello_digest(hello)?,
+    };
+    if response.method != HMAC_SHA256 || !transcript.verify_agent(key, &response.proof) {
+        return Err(ConnError::Unauthenticated(
+            "authentication failed: the agent's proof does not match this host's key and \
+             challenge (a wrong --key-file, or a replayed response)"
+                .into(),
+        ));
+    }
+    writer
+        .send(Frame::AuthConfirm(transcript.host_proof(key)))
+        .await?;
+    info!("connection {} proved the shared key", ctx.id);
+    Ok(())
 }
 
 /// The next frame, or why there is none.

@@ -13,6 +13,14 @@ pub enum IngestError {
     /// No listen address was given.
     #[error("no listen address given")]
     NoAddress,
+    /// A TCP listener beyond loopback without a key to ask agents for.
+    #[error(
+        "refusing to listen on {0} without a key: any machine that reaches it could send \
+         this session forged guest traces. Give --key-file PATH (the agents get the same \
+         key), listen on loopback or vsock, or pass --insecure to accept unauthenticated \
+         agents there"
+    )]
+    NeedsKey(String),
 }
 
 /// Why one connection ended abnormally. Never affects other connections.
@@ -38,6 +46,9 @@ pub enum ConnError {
         /// Where in the conversation.
         when: &'static str,
     },
+    /// The agent did not prove the shared key; the reason was sent back.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     /// The Hello was well formed but refused; the reason was sent back.
     #[error("Hello refused: {0}")]
     Refused(String),

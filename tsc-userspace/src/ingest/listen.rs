@@ -45,6 +45,10 @@ pub(super) async fn start_all(
     if addrs.is_empty() {
         return Err(IngestError::NoAddress);
     }
+    check_listeners(addrs, &config).await?;
+    if config.key.is_some() {
+        info!("agents must prove the shared key (HMAC-SHA256 challenge)");
+    }
     let shared = Shared {
         config: Arc::new(config),
         tx,
@@ -69,6 +73,37 @@ pub(super) async fn start_all(
         return Err(IngestError::NoListener(failures.join("; ")));
     }
     Ok(bound)
+}
+
+/// Refuses a TCP listener beyond loopback when there is no key to ask
+/// agents for, unless `insecure` says to listen there all the same.
+pub async fn check_listeners(addrs: &[Endpoint], config: &IngestConfig) -> Result<(), IngestError> {
+    if config.key.is_some() || config.insecure {
+        return Ok(());
+    }
+    for addr in addrs {
+        if !is_loopback(addr).await {
+            return Err(IngestError::NeedsKey(addr.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether only this machine can reach `addr` without a key: vsock (the
+/// hypervisor assigns its peers' CIDs), or TCP on an address every
+/// resolution of which is loopback. A name that does not resolve is left
+/// to the bind to report.
+pub(super) async fn is_loopback(addr: &Endpoint) -> bool {
+    let Endpoint::Tcp { host, port } = addr else {
+        return true;
+    };
+    match tokio::net::lookup_host((host.as_str(), *port)).await {
+        Ok(resolved) => {
+            let mut resolved = resolved.peekable();
+            resolved.peek().is_some() && resolved.all(|a| a.ip().to_canonical().is_loopback())
+        }
+        Err(_) => true,
+    }
 }
 
 async fn start(addr: &Endpoint, shared: Shared) -> io::Result<(SockAddr, JoinHandle<()>)> {

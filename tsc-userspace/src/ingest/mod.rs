@@ -17,6 +17,7 @@ mod peer;
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -27,9 +28,13 @@ use tokio_util::sync::CancellationToken;
 pub use decode::{Cmdlines, EventPage, GuestEvent, GuestFormats};
 pub use error::{ConnError, IngestError};
 pub use item::{Admission, ConnId, ConnectionInfo, IngestItem};
+pub use listen::check_listeners;
 pub use peer::SockAddr;
 
-use crate::wire::{DEFAULT_MAX_BODY, Endpoint};
+use crate::{
+    auth::SharedKey,
+    wire::{DEFAULT_MAX_BODY, Endpoint},
+};
 
 /// How the ingest treats its peers.
 #[derive(Clone, Debug)]
@@ -50,6 +55,13 @@ pub struct IngestConfig {
     /// the agent as a Reject with its reason). When false, every valid
     /// Hello is accepted.
     pub ask_consumer: bool,
+    /// The shared key agents must prove (`docs/PROTOCOL.md` §9) on every
+    /// listener, vsock included. None: agents are not asked for one.
+    pub key: Option<Arc<SharedKey>>,
+    /// Allow a TCP listener on an address other than loopback without a
+    /// key (any peer that reaches it is served). Without this such a
+    /// listener is refused: [`IngestError::NeedsKey`].
+    pub insecure: bool,
 }
 
 impl Default for IngestConfig {
@@ -61,6 +73,8 @@ impl Default for IngestConfig {
             queue_depth: 1024,
             decode_pages: true,
             ask_consumer: false,
+            key: None,
+            insecure: false,
         }
     }
 }

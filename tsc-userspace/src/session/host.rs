@@ -18,10 +18,13 @@ pub const DEFAULT_HOST_EVENTS: &[&str] = &[
     "kvm:kvm_write_tsc_offset",
 ];
 
-/// How often every host CPU is read, partly filled pages included, so a
-/// quiet CPU's watermark keeps up (wake-ups at `BUFFER_PERCENT` read busy
-/// ones sooner); twice as long while every CPU is idle.
-const FLUSH: Duration = Duration::from_millis(10);
+/// How often every host CPU is read by default, partly filled pages
+/// included, so a quiet CPU's watermark keeps up (wake-ups at
+/// `BUFFER_PERCENT` read busy ones sooner); twice as long while every CPU
+/// is idle. A guest event waits for the host CPUs' watermarks to pass it,
+/// so this bounds the session's latency from below, as the agent's
+/// `--flush-ms` does on the guest's side.
+pub const DEFAULT_FLUSH: Duration = Duration::from_millis(10);
 /// How full a host CPU's buffer gets before its reader is woken.
 const BUFFER_PERCENT: u32 = 25;
 
@@ -44,9 +47,14 @@ pub struct HostTrace {
 }
 
 impl HostTrace {
-    /// Creates the instance with `events`; with `filter_by_vm` it traces
-    /// nothing until [`HostTrace::follow_vms`] names the VMs.
-    pub fn start(events: &[EventName], filter_by_vm: bool) -> Result<Self, TracefsError> {
+    /// Creates the instance with `events`, read at least every `flush`;
+    /// with `filter_by_vm` it traces nothing until
+    /// [`HostTrace::follow_vms`] names the VMs.
+    pub fn start(
+        events: &[EventName],
+        filter_by_vm: bool,
+        flush: Duration,
+    ) -> Result<Self, TracefsError> {
         let mut options = InstanceOptions::new("tsc-tracer-host");
         options.events = events.to_vec();
         options.buffer_size_kb = Some(4096);
@@ -64,7 +72,7 @@ impl HostTrace {
         }
         let (tx, pages) = mpsc::channel(1024);
         let config = ReadConfig {
-            flush: FLUSH,
+            flush,
             idle_factor: crate::page_reader::IDLE_FACTOR,
         };
         let readers = Readers::start_with_marks(pipes, tx, config);

@@ -82,10 +82,15 @@ pub struct SessionOptions {
     pub host_events_vm_only: bool,
     /// Show the once-a-second status line on stderr when it is a terminal.
     pub status_line: bool,
+    /// Also log the status counters this often (whatever stderr is).
+    pub status_every: Option<Duration>,
     /// How long an event may wait for slower streams before it is written.
     pub window: Duration,
     /// How long before its Hello an agent's TSC samples may be.
     pub bind_slack: Duration,
+    /// How often every host CPU's buffer is read, partly filled pages
+    /// included (see [`host::DEFAULT_FLUSH`]).
+    pub host_flush: Duration,
     /// Kernel programs.
     pub load: LoadOptions,
     /// Agent connections.
@@ -102,8 +107,10 @@ impl Default for SessionOptions {
             host_events: None,
             host_events_vm_only: false,
             status_line: true,
+            status_every: None,
             window: Duration::from_secs(1),
             bind_slack: Duration::from_secs(2),
+            host_flush: host::DEFAULT_FLUSH,
             load: LoadOptions::default(),
             ingest: IngestConfig::default(),
             journal: None,
@@ -151,7 +158,7 @@ impl Session {
             Some(events) => (events.clone(), options.host_events_vm_only),
             None => (default_host_events(), true),
         };
-        let host = HostTrace::start(&events, filter)?;
+        let host = HostTrace::start(&events, filter, options.host_flush)?;
         let config = CorrelatorConfig {
             vms: options.vms.clone(),
             window: options.window,
@@ -188,7 +195,7 @@ impl Session {
             host,
             correlator,
             journal,
-            status: StatusLine::new(options.status_line),
+            status: StatusLine::new(options.status_line, options.status_every),
             last_clock_refresh: Instant::now(),
             last_comms: Instant::now(),
             recorder: None,
@@ -450,6 +457,7 @@ impl Session {
             self.last_clock_refresh = Instant::now();
         }
         self.status.maybe_draw(&self.correlator);
+        self.status.maybe_log(&self.correlator);
     }
 
     /// Host task names from the kernel's `saved_cmdlines`.
@@ -475,7 +483,7 @@ impl Session {
         while let Some(item) = self.ingest.next_item().await {
             self.on_ingest(item, sink)?;
         }
-        self.status.finish();
+        self.status.finish(&self.correlator);
         if let Some(rec) = self.recorder.take() {
             let comms = self.host.saved_cmdlines().ok();
             let vms = self.correlator.vms();

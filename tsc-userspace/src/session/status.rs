@@ -1,5 +1,6 @@
 //! The once-a-second status line on stderr while a session runs on a
-//! terminal.
+//! terminal, and (`--status-secs`) the same counters logged as a line of
+//! `key=value` pairs every so often, for sessions whose stderr is a log.
 
 use std::{
     io::{IsTerminal, Write},
@@ -16,15 +17,31 @@ pub(super) struct StatusLine {
     last: Instant,
     last_total: u64,
     tty: bool,
+    /// Log the counters this often (`None`: never).
+    log_every: Option<Duration>,
+    last_log: Instant,
 }
 
 impl StatusLine {
     /// Drawn only when asked for and stderr is a terminal.
-    pub(super) fn new(wanted: bool) -> Self {
+    pub(super) fn new(wanted: bool, log_every: Option<Duration>) -> Self {
         Self {
             last: Instant::now(),
             last_total: 0,
             tty: wanted && std::io::stderr().is_terminal(),
+            log_every,
+            last_log: Instant::now(),
+        }
+    }
+
+    /// Logs the counters when `log_every` has passed since the last time.
+    pub(super) fn maybe_log(&mut self, correlator: &Correlator) {
+        if self
+            .log_every
+            .is_some_and(|every| self.last_log.elapsed() >= every)
+        {
+            self.last_log = Instant::now();
+            log(correlator);
         }
     }
 
@@ -52,10 +69,34 @@ impl StatusLine {
         self.last_total = total;
     }
 
-    /// Ends the line before the summary is printed.
-    pub(super) fn finish(&self) {
+    /// Logs the counters one last time (if asked to log them), then ends
+    /// the terminal's line before the summary is printed.
+    pub(super) fn finish(&self, correlator: &Correlator) {
+        if self.log_every.is_some() {
+            log(correlator);
+        }
         if self.tty {
             let _ = writeln!(std::io::stderr());
         }
     }
+}
+
+/// One `status:` line of `key=value` pairs, stable for scripts to parse
+/// (the soak bench reads them): the correlator's counters so far.
+fn log(correlator: &Correlator) {
+    let s = correlator.summary();
+    tracing::info!(
+        "status: agents={} vms={} guest_events={} host_events={} emitted={} late={} forced={} overflowed={} guest_lost={} host_lost={} held={}",
+        correlator.agents(),
+        correlator.bound_vms().len(),
+        s.guest_events,
+        s.host_events,
+        s.emitted,
+        s.late,
+        s.forced,
+        s.overflowed,
+        s.guest_lost,
+        s.host_lost,
+        correlator.held()
+    );
 }

@@ -63,6 +63,9 @@ pub enum PageError {
     /// `events/header_page` lacks a field or has an unusable one.
     #[error("header_page: {0}")]
     Layout(String),
+    /// A `header_page` field ends past the largest possible offset.
+    #[error("header_page: field `{0}` ends past any possible page")]
+    LayoutRange(&'static str),
     /// Fewer bytes than the page header needs.
     #[error("page of {len} bytes is shorter than its {need}-byte header")]
     Short {
@@ -98,6 +101,8 @@ pub struct PageLayout {
     long_size: usize,
     data_offset: usize,
     page_size: usize,
+    /// Bytes before which every header field ends (checked when parsed).
+    header_len: usize,
 }
 
 impl PageLayout {
@@ -110,6 +115,7 @@ impl PageLayout {
             long_size: 8,
             data_offset: 16,
             page_size,
+            header_len: 16,
         }
     }
 
@@ -144,12 +150,23 @@ impl PageLayout {
                 timestamp.size, commit.size
             )));
         }
+        // A guest writes this text: its numbers may be anything up to
+        // usize::MAX, so every end is computed checked.
+        let end = |f: &FieldDecl, name| {
+            f.offset
+                .checked_add(f.size)
+                .ok_or(PageError::LayoutRange(name))
+        };
+        let header_len = end(&timestamp, "timestamp")?
+            .max(end(&commit, "commit")?)
+            .max(data.offset);
         Ok(Self {
             timestamp_offset: timestamp.offset,
             commit_offset: commit.offset,
             long_size: commit.size,
             data_offset: data.offset,
-            page_size: data.offset + data.size,
+            page_size: end(&data, "data")?,
+            header_len,
         })
     }
 
@@ -179,9 +196,7 @@ impl PageLayout {
     }
 
     fn header_len(&self) -> usize {
-        (self.timestamp_offset + 8)
-            .max(self.commit_offset + self.long_size)
-            .max(self.data_offset)
+        self.header_len
     }
 }
 

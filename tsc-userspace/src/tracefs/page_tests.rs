@@ -271,6 +271,36 @@ fn malformed_pages_are_errors_not_panics() {
     );
 }
 
+/// A guest's header_page whose offsets overflow `usize` when a size is
+/// added (this panicked in debug builds before the ends were checked).
+#[test]
+fn header_page_offsets_that_overflow_are_errors() {
+    let max = usize::MAX;
+    let data = format!("field: char data;\toffset:{max};\tsize:1;");
+    let header = format!(
+        "field: u64 timestamp;\toffset:0;\tsize:8;\nfield: local_t commit;\toffset:8;\tsize:8;\n{data}"
+    );
+    assert_eq!(
+        PageLayout::parse(&header),
+        Err(PageError::LayoutRange("data"))
+    );
+    let header = format!(
+        "field: u64 timestamp;\toffset:{max};\tsize:8;\nfield: local_t commit;\toffset:8;\tsize:8;\nfield: char data;\toffset:16;\tsize:8;"
+    );
+    assert_eq!(
+        PageLayout::parse(&header),
+        Err(PageError::LayoutRange("timestamp"))
+    );
+    let header = format!(
+        "field: u64 timestamp;\toffset:0;\tsize:8;\nfield: local_t commit;\toffset:{};\tsize:8;\nfield: char data;\toffset:16;\tsize:8;",
+        max - 3
+    );
+    assert_eq!(
+        PageLayout::parse(&header),
+        Err(PageError::LayoutRange("commit"))
+    );
+}
+
 #[test]
 fn a_32_bit_kernel_layout_reads_a_4_byte_commit() {
     let header = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;

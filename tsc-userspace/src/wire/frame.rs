@@ -1,9 +1,10 @@
-//! The frames of protocol versions 1 and 2 and their body layouts.
+//! The frames of protocol versions 1 to 3 and their body layouts.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
     HEADER_LEN, MAGIC, MIN_VERSION, VERSION, WireError,
+    auth::{AuthChallenge, AuthResponse},
     read::Reader,
     sample::{SAMPLE_LEN, TscSample},
 };
@@ -31,6 +32,12 @@ pub enum FrameType {
     /// Agent to host, version 2: per CPU, the guest TSC up to which its
     /// buffer has been read empty (an exact watermark).
     Drained = 9,
+    /// Host to agent, version 3: prove the shared key (a fresh nonce).
+    AuthChallenge = 10,
+    /// Agent to host, version 3: the agent's nonce and proof.
+    AuthResponse = 11,
+    /// Host to agent, version 3: the host's proof back.
+    AuthConfirm = 12,
 }
 
 impl FrameType {
@@ -47,6 +54,9 @@ impl FrameType {
             7 => Cmdlines,
             8 => Bye,
             9 => Drained,
+            10 => AuthChallenge,
+            11 => AuthResponse,
+            12 => AuthConfirm,
             _ => return None,
         })
     }
@@ -64,6 +74,9 @@ impl FrameType {
             Cmdlines => "Cmdlines",
             Bye => "Bye",
             Drained => "Drained",
+            AuthChallenge => "AuthChallenge",
+            AuthResponse => "AuthResponse",
+            AuthConfirm => "AuthConfirm",
         }
     }
 }
@@ -190,6 +203,12 @@ pub enum Frame {
     Bye(String),
     /// See [`FrameType::Drained`] (version 2).
     Drained(Vec<DrainedCpu>),
+    /// See [`FrameType::AuthChallenge`] (version 3).
+    AuthChallenge(AuthChallenge),
+    /// See [`FrameType::AuthResponse`] (version 3).
+    AuthResponse(AuthResponse),
+    /// See [`FrameType::AuthConfirm`] (version 3): the host's proof.
+    AuthConfirm(crate::auth::Proof),
 }
 
 impl Frame {
@@ -205,6 +224,9 @@ impl Frame {
             Frame::Cmdlines(_) => FrameType::Cmdlines,
             Frame::Bye(_) => FrameType::Bye,
             Frame::Drained(_) => FrameType::Drained,
+            Frame::AuthChallenge(_) => FrameType::AuthChallenge,
+            Frame::AuthResponse(_) => FrameType::AuthResponse,
+            Frame::AuthConfirm(_) => FrameType::AuthConfirm,
         }
     }
 
@@ -274,6 +296,9 @@ impl Frame {
                     dst.put_u64_le(d.guest_tsc);
                 }
             }
+            Frame::AuthChallenge(c) => c.put(dst),
+            Frame::AuthResponse(r) => r.put(dst),
+            Frame::AuthConfirm(proof) => dst.put_slice(proof),
         }
         Ok(Bytes::new())
     }
@@ -304,6 +329,9 @@ impl Frame {
             }
             FrameType::KeepAlive => Frame::KeepAlive(TscSample::get(&mut r)?),
             FrameType::Drained => Frame::Drained(get_drained(&mut r)?),
+            FrameType::AuthChallenge => Frame::AuthChallenge(AuthChallenge::get(&mut r)?),
+            FrameType::AuthResponse => Frame::AuthResponse(AuthResponse::get(&mut r)?),
+            FrameType::AuthConfirm => Frame::AuthConfirm(r.array("proof")?),
         };
         r.finish()?;
         Ok(frame)
@@ -367,6 +395,15 @@ fn put_count(dst: &mut BytesMut, frame: &'static str, n: usize) -> Result<(), Wi
     })?;
     dst.put_u32_le(n);
     Ok(())
+}
+
+impl Hello {
+    /// The Hello's frame body as sent (what the authentication digests).
+    pub fn encode_body(&self) -> Result<BytesMut, WireError> {
+        let mut body = BytesMut::new();
+        put_hello(&mut body, self)?;
+        Ok(body)
+    }
 }
 
 fn put_hello(dst: &mut BytesMut, h: &Hello) -> Result<(), WireError> {

@@ -6,6 +6,7 @@
 //! header and a page payload separately so a sender can write pages with a
 //! vectored write instead of copying them.
 
+mod auth;
 mod codec;
 mod endpoint;
 mod error;
@@ -13,6 +14,7 @@ mod frame;
 mod read;
 mod sample;
 
+pub use auth::{AuthChallenge, AuthResponse};
 pub use codec::FrameCodec;
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::WireError;
@@ -21,8 +23,12 @@ pub use sample::{TscMethod, TscSample, UNKNOWN_CPU, cpu_has_rdtscp, rdtsc};
 
 /// The first four bytes of a Hello body: the protocol's magic.
 pub const MAGIC: [u8; 4] = *b"TSCW";
-/// The newest protocol version this build speaks (2 added the Drained frame).
-pub const VERSION: u16 = 2;
+/// The newest protocol version this build speaks (2 added the Drained
+/// frame, 3 the authentication frames).
+pub const VERSION: u16 = 3;
+/// The first protocol version in which an agent can prove a shared key: a
+/// host with a key serves no older agent.
+pub const AUTH_VERSION: u16 = 3;
 /// The oldest protocol version this build still speaks: a host serves
 /// agents of every version from this one to [`VERSION`].
 pub const MIN_VERSION: u16 = 1;

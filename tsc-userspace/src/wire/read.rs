@@ -61,6 +61,14 @@ impl Reader {
         Ok(self.buf.split_to(n))
     }
 
+    /// `N` raw bytes, copied out.
+    pub(crate) fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], WireError> {
+        let raw = self.bytes(N, what)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(&raw);
+        Ok(out)
+    }
+
     /// Everything left, shared with the frame (no copy).
     pub(crate) fn rest(&mut self) -> Bytes {
         self.buf.split_off(0)

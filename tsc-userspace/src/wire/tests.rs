@@ -94,6 +94,17 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         ".{0,500}".prop_map(Frame::Cmdlines),
         arb_string().prop_map(Frame::Bye),
         arb_drained().prop_map(Frame::Drained),
+        (any::<u32>(), any::<[u8; 32]>()).prop_map(|(method, host_nonce)| {
+            Frame::AuthChallenge(AuthChallenge { method, host_nonce })
+        }),
+        (any::<u32>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
+            |(method, agent_nonce, proof)| Frame::AuthResponse(AuthResponse {
+                method,
+                agent_nonce,
+                proof
+            })
+        ),
+        any::<[u8; 32]>().prop_map(Frame::AuthConfirm),
     ]
 }
 
@@ -261,7 +272,7 @@ fn wrong_version_is_a_typed_error() {
             matches!(err, WireError::UnsupportedVersion { got, ours: VERSION } if got == bad),
             "{err}"
         );
-        assert!(err.to_string().contains("speaks 1 to 2"), "{err}");
+        assert!(err.to_string().contains("speaks 1 to 3"), "{err}");
     }
 }
 
@@ -448,4 +459,128 @@ fn tsc_samples_are_ordered_and_on_one_cpu() {
     }
     let widths: Vec<u64> = samples.iter().map(|s| s.tsc_after - s.tsc_before).collect();
     assert!(widths.windows(2).all(|w| w[0] <= w[1]), "{widths:?}");
+}
+
+/// The authentication frames' layouts, byte for byte as PROTOCOL.md §9
+/// gives them, and their size checks.
+#[test]
+fn auth_frames_have_the_documented_layout() {
+    let challenge = Frame::AuthChallenge(AuthChallenge {
+        method: 1,
+        host_nonce: [0xaa; 32],
+    });
+    let mut want = vec![36, 0, 0, 0, 10, 0, 0, 0, 1, 0, 0, 0];
+    want.extend([0xaa; 32]);
+    assert_eq!(encode_all(std::slice::from_ref(&challenge)).to_vec(), want);
+
+    let response = Frame::AuthResponse(AuthResponse {
+        method: 1,
+        agent_nonce: [0xbb; 32],
+        proof: [0xcc; 32],
+    });
+    let mut want = vec![68, 0, 0, 0, 11, 0, 0, 0, 1, 0, 0, 0];
+    want.extend([0xbb; 32]);
+    want.extend([0xcc; 32]);
+    assert_eq!(encode_all(std::slice::from_ref(&response)).to_vec(), want);
+
+    let confirm = Frame::AuthConfirm([0xdd; 32]);
+    let mut want = vec![32, 0, 0, 0, 12, 0, 0, 0];
+    want.extend([0xdd; 32]);
+    assert_eq!(encode_all(std::slice::from_ref(&confirm)).to_vec(), want);
+
+    // One byte short or long is malformed, never a panic or a guess.
+    for (ty, len) in [(10u16, 36u32), (11, 68), (12, 32)] {
+        for bad in [len - 1, len + 1] {
+            let mut bytes = header(bad, ty, 0);
+            bytes.extend(vec![1u8; bad as usize]);
+            let err = decode_one(&bytes).unwrap_err();
+            assert!(matches!(err, WireError::Malformed { .. }), "{err}");
+        }
+    }
+}
+
+/// The whole exchange through the codec, each side computing from what it
+/// sent and received: the right key passes both ways; a wrong key, a
+/// response replayed to a new challenge, or one for another Hello fails.
+#[test]
+fn the_mac_exchange_binds_key_nonces_and_hello() {
+    use crate::auth::{HMAC_SHA256, SharedKey, Transcript, fresh_nonce, hello_digest};
+
+    let key = SharedKey::from_bytes(vec![0x42; 32]);
+    let hello_frame = decode_one(&hello_bytes()).unwrap().remove(0);
+    let Frame::Hello(hello) = &hello_frame else {
+        unreachable!()
+    };
+    // The host digests the Hello it decoded, the agent the one it encoded:
+    // the same bytes.
+    assert_eq!(
+        &hello_bytes()[HEADER_LEN..],
+        &hello.encode_body().unwrap()[..]
+    );
+    let digest = hello_digest(hello).unwrap();
+
+    // Agent: answers a challenge that crossed the wire.
+    let answer = |challenge: &Frame, key: &SharedKey| -> (Frame, Transcript) {
+        let [Frame::AuthChallenge(c)] =
+            &decode_one(&encode_all(std::slice::from_ref(challenge))).unwrap()[..]
+        else {
+            panic!("not a challenge")
+        };
+        let t = Transcript {
+            host_nonce: c.host_nonce,
+            agent_nonce: fresh_nonce().unwrap(),
+            hello: digest,
+        };
+        let response = Frame::AuthResponse(AuthResponse {
+            method: HMAC_SHA256,
+            agent_nonce: t.agent_nonce,
+            proof: t.agent_proof(key),
+        });
+        (decode_one(&encode_all(&[response])).unwrap().remove(0), t)
+    };
+    // Host: checks a response against its own challenge.
+    let check = |host_nonce, response: &Frame, hello| -> Option<Frame> {
+        let Frame::AuthResponse(r) = response else {
+            return None;
+        };
+        let t = Transcript {
+            host_nonce,
+            agent_nonce: r.agent_nonce,
+            hello,
+        };
+        t.verify_agent(&key, &r.proof)
+            .then(|| Frame::AuthConfirm(t.host_proof(&key)))
+    };
+    let challenge = |nonce| {
+        Frame::AuthChallenge(AuthChallenge {
+            method: HMAC_SHA256,
+            host_nonce: nonce,
+        })
+    };
+
+    let first = fresh_nonce().unwrap();
+    let (response, agent_side) = answer(&challenge(first), &key);
+    let confirm = check(first, &response, digest).expect("the right key is served");
+    let Frame::AuthConfirm(host_proof) = decode_one(&encode_all(&[confirm])).unwrap().remove(0)
+    else {
+        unreachable!()
+    };
+    assert!(
+        agent_side.verify_host(&key, &host_proof),
+        "the host proves it back"
+    );
+    let other = SharedKey::from_bytes(vec![0x43; 32]);
+    assert!(!agent_side.verify_host(&other, &host_proof));
+
+    // The same response, recorded, replayed against a fresh challenge.
+    let second = fresh_nonce().unwrap();
+    assert!(check(second, &response, digest).is_none(), "a replay fails");
+    // A wrong key.
+    let (wrong, _) = answer(&challenge(second), &other);
+    assert!(check(second, &wrong, digest).is_none(), "a wrong key fails");
+    // The right answer, but for another Hello.
+    assert!(
+        check(first, &response, [0; 32]).is_none(),
+        "another Hello fails"
+    );
 }

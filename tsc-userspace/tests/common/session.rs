@@ -17,7 +17,7 @@ use super::SharedBuf;
 
 /// Options for a test session: the given VMs, a loopback listener on a
 /// port the kernel picks, a 300 ms window, no pinned map (tests run beside
-/// a `tsc-tracer offsets --follow`).
+/// a `tsc-tracer offsets --follow`), no offset journal.
 pub fn options(vms: Vec<VmSpec>) -> SessionOptions {
     SessionOptions {
         listen: vec!["tcp:127.0.0.1:0".parse().expect("an endpoint")],
@@ -28,6 +28,9 @@ pub fn options(vms: Vec<VmSpec>) -> SessionOptions {
             pin_path: None,
             ..Default::default()
         },
+        // Never the system's journal (/var/lib/tsc-tracer) from a test; a
+        // test about the journal sets its own temporary path.
+        journal: None,
         ..SessionOptions::default()
     }
 }
