@@ -23,7 +23,8 @@
 //!
 //! Beside the flow: [`doctor`] checks what a host allows, [`vmm`] is a
 //! minimal VMM on `/dev/kvm` (tests, demo), [`demo`] the toy guest behind
-//! `tsc-tracer demo`.
+//! `tsc-tracer demo`. [`record`] writes a session as trace.dat files;
+//! [`flight`] keeps only its newest pages and writes them when asked.
 //!
 //! Agents prove a shared key to the host with [`auth`].
 //!

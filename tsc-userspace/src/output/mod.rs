@@ -1,6 +1,7 @@
 //! Writers for the merged timeline: text in the spirit of `trace-cmd
 //! report`, JSON lines, and a Perfetto trace ([`perfetto`], described
-//! there).
+//! there). [`rotate`] cuts any of them into pieces that each open on
+//! their own (`--rotate-size`, `--rotate-every`).
 //!
 //! A writer decodes an item's fields only when it writes it, with the
 //! formats of the item's source, and builds each line in a reused buffer:

@@ -227,11 +227,7 @@ impl Rotating {
     /// Opens the next piece, then deletes what is beyond the ones kept.
     fn open(&mut self) -> io::Result<()> {
         let (n, path) = match &mut self.target {
-            Target::Own { pieces, next, .. } => {
-                let n = *next;
-                *next += 1;
-                (n, pieces.path(n))
-            }
+            Target::Own { pieces, next, .. } => (*next, pieces.path(*next)),
             Target::Follow { signal, path } => {
                 let n = signal.current();
                 (n, path(n))
@@ -239,6 +235,9 @@ impl Rotating {
         };
         let file = File::create(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        if let Target::Own { next, .. } = &mut self.target {
+            *next += 1;
+        }
         let bytes = Arc::new(AtomicU64::new(0));
         let out = Counted {
             file,
