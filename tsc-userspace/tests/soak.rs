@@ -76,7 +76,11 @@ fn a_minute_of_churn_loses_nothing_silently_and_leaks_nothing() {
         "{why}"
     );
     assert!(o.hostile.connections >= 50, "{why}");
-    assert_eq!(o.hostile.closed_by_session, o.hostile.connections, "{why}");
+    assert_eq!(
+        o.hostile.closed_by_session + o.hostile.held_at_end,
+        o.hostile.connections,
+        "{why}"
+    );
 
     // Every marker out exactly once, or reported lost.
     assert!(o.a.sent > 10_000 && o.b.sent > 10_000, "{why}");
@@ -85,6 +89,7 @@ fn a_minute_of_churn_loses_nothing_silently_and_leaks_nothing() {
     assert!(o.ended.success, "{why}");
 
     // Nothing leaked.
+    assert_eq!(o.session_fd_growth, Vec::<String>::new(), "{why}");
     assert_eq!(o.end.session.fds, o.start.session.fds, "{why}");
     assert_eq!(o.end.instances, o.start.instances, "{why}");
     assert_eq!(o.end.pins, o.start.pins, "{why}");

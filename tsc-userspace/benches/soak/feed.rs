@@ -53,19 +53,8 @@ impl Feed {
         }
     }
 
-    /// Writes into `marker` from now on, once its instance records (before
-    /// that, writes fail with EBADF).
+    /// Writes into `marker` from now on.
     pub fn attach(&self, marker: &Path) {
-        let on = marker.with_file_name("tracing_on");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::read_to_string(&on).map_or(true, |s| s.trim() != "1") {
-            assert!(
-                Instant::now() < deadline,
-                "{} never turned on",
-                on.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
         let file = OpenOptions::new()
             .write(true)
             .open(marker)
@@ -120,6 +109,7 @@ fn write_loop(s: &Shared, rate: u64) {
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         {
             let mut file = s.file.lock().expect("feed lock");
+            let mut broken = false;
             match file.as_mut() {
                 None => skipped = due.saturating_sub(written),
                 Some(f) => {
@@ -127,9 +117,9 @@ fn write_loop(s: &Shared, rate: u64) {
                         let seq = s.next.load(Ordering::Relaxed);
                         load::marker_text(&mut line, seq, mono_ns());
                         if let Err(e) = f.write_all(&line) {
-                            if s.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                                eprintln!("soak: writing marker {seq}: {e} (said once)");
-                            }
+                            eprintln!("soak: writing marker {seq}: {e}; detached");
+                            s.failed.fetch_add(1, Ordering::Relaxed);
+                            broken = true;
                             skipped = due - written;
                             break;
                         }
@@ -137,6 +127,9 @@ fn write_loop(s: &Shared, rate: u64) {
                         s.next.store(seq + 1, Ordering::Release);
                     }
                 }
+            }
+            if broken {
+                file.take();
             }
         }
         std::thread::sleep(Duration::from_millis(1));

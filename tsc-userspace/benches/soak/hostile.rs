@@ -31,6 +31,8 @@ pub struct HostileCounts {
     pub connections: u64,
     /// Connections the session closed (EOF seen) in time.
     pub closed_by_session: u64,
+    /// Half-open connections still held (not yet due) when it stopped.
+    pub held_at_end: u64,
     /// Connections that could not even be made.
     pub refused: u64,
 }
@@ -39,6 +41,7 @@ pub struct HostileCounts {
 struct Shared {
     connections: AtomicU64,
     closed: AtomicU64,
+    held: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -75,6 +78,7 @@ impl Hostile {
         HostileCounts {
             connections: self.shared.connections.load(Ordering::Acquire),
             closed_by_session: self.shared.closed.load(Ordering::Acquire),
+            held_at_end: self.shared.held.load(Ordering::Acquire),
             refused: self.shared.refused.load(Ordering::Acquire),
         }
     }
@@ -132,6 +136,7 @@ fn run(port: u16, every: Duration, stop: &AtomicBool, shared: &Arc<Shared>) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    shared.held.store(held.len() as u64, Ordering::Release);
     drop(held);
     for p in peers {
         let _ = p.join();

@@ -52,6 +52,42 @@ fn instance_pid(name: &str) -> Option<u32> {
     parts.next()?.parse().ok()
 }
 
+/// What each open fd of `pid` is, numbers blanked (`socket:[N]`), for
+/// telling which kind leaked.
+pub fn fd_kinds(pid: u32) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut kinds: Vec<String> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .map(|t| {
+            t.to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_digit() { 'N' } else { c })
+                .collect::<String>()
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// `after` less `before`, as multisets: what is open now that was not.
+pub fn fd_growth(before: &[String], after: &[String]) -> Vec<String> {
+    let mut left = before.to_vec();
+    after
+        .iter()
+        .filter(|k| match left.iter().position(|b| b == *k) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Entries under `dir` (recursively; 0 when it does not exist).
 pub fn pins(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {

@@ -89,12 +89,13 @@ pub fn summary(o: &Outcome) -> String {
         o.churn.failures
     ));
     line(format!(
-        "agents: soakb replaced {} times; soaka's connection cut {} times, {} reconnections; hostile peers: {} connections, {} closed by the session, {} refused",
+        "agents: soakb replaced {} times; soaka's connection cut {} times, {} reconnections; hostile peers: {} connections, {} closed by the session, {} still held at the end, {} refused",
         o.restarts,
         o.cuts,
         o.reconnects,
         o.hostile.connections,
         o.hostile.closed_by_session,
+        o.hostile.held_at_end,
         o.hostile.refused
     ));
     line(format!(
@@ -114,6 +115,12 @@ pub fn summary(o: &Outcome) -> String {
         o.instances_left,
         o.pins_left
     ));
+    if !o.session_fd_growth.is_empty() {
+        line(format!(
+            "  the session's fds opened and not closed: {:?}",
+            o.session_fd_growth
+        ));
+    }
     for (name, d) in [("soaka", &o.a), ("soakb", &o.b)] {
         line(format!(
             "{name}: {} markers sent, {} out, missing {} in {} gaps ({} within cut windows), {} failed writes",

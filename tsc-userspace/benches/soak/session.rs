@@ -32,6 +32,7 @@ pub struct Session {
     status: Arc<Mutex<Status>>,
     done: Arc<Mutex<Option<Vec<u64>>>>,
     tally: Arc<Mutex<Tally>>,
+    bound: Arc<Mutex<BTreeMap<String, u64>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -73,9 +74,14 @@ impl Session {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (port_tx, port_rx) = mpsc::channel();
         let log = File::create(log).expect("creating the session log");
-        let (s, d) = (status.clone(), done.clone());
-        let err =
-            std::thread::spawn(move || read_log(stderr.expect("stderr"), log, &port_tx, &s, &d));
+        let bound = Arc::new(Mutex::new(BTreeMap::new()));
+        let logged = Logged {
+            port: port_tx,
+            status: status.clone(),
+            done: done.clone(),
+            bound: bound.clone(),
+        };
+        let err = std::thread::spawn(move || read_log(stderr.expect("stderr"), log, &logged));
         let t = tally.clone();
         let out = std::thread::spawn(move || read_timeline(stdout.expect("stdout"), &t));
         let port = port_rx
@@ -87,6 +93,7 @@ impl Session {
             status,
             done,
             tally,
+            bound,
             threads: vec![err, out],
         }
     }
@@ -99,6 +106,18 @@ impl Session {
     /// Its counters as last logged.
     pub fn status(&self) -> Status {
         self.status.lock().expect("status lock").clone()
+    }
+
+    /// How many agents named `name` it has bound so far (its log says
+    /// `agent N "NAME" (...) traces VM ...`).
+    pub fn bound(&self, name: &str) -> u64 {
+        let bound = self.bound.lock().expect("bound lock");
+        bound.get(name).copied().unwrap_or(0)
+    }
+
+    /// A copy of its tally so far.
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().expect("tally lock").clone()
     }
 
     /// Markers seen in its timeline so far: (seen, duplicates).
@@ -133,13 +152,15 @@ impl Drop for Session {
     }
 }
 
-fn read_log(
-    stderr: impl std::io::Read,
-    mut log: File,
-    port: &mpsc::Sender<u16>,
-    status: &Mutex<Status>,
-    done: &Mutex<Option<Vec<u64>>>,
-) {
+/// Where the log reader puts what it learns.
+struct Logged {
+    port: mpsc::Sender<u16>,
+    status: Arc<Mutex<Status>>,
+    done: Arc<Mutex<Option<Vec<u64>>>>,
+    bound: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+fn read_log(stderr: impl std::io::Read, mut log: File, to: &Logged) {
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
         let _ = writeln!(log, "{line}");
         if let Some(rest) = line.split("--connect tcp:").nth(1) {
@@ -148,7 +169,7 @@ fn read_log(
                 .next()
                 .and_then(|a| a.rsplit(':').next());
             if let Some(p) = p.and_then(|p| p.parse().ok()) {
-                let _ = port.send(p);
+                let _ = to.port.send(p);
             }
         } else if let Some(rest) = line.split("status: ").nth(1) {
             let parsed: Status = rest
@@ -158,13 +179,21 @@ fn read_log(
                     Some((k.to_owned(), v.parse().ok()?))
                 })
                 .collect();
-            *status.lock().expect("status lock") = parsed;
+            *to.status.lock().expect("status lock") = parsed;
         } else if let Some(rest) = line.split("done: ").nth(1) {
             let numbers = rest
                 .split(|c: char| !c.is_ascii_digit())
                 .filter_map(|w| w.parse().ok())
                 .collect();
-            *done.lock().expect("done lock") = Some(numbers);
+            *to.done.lock().expect("done lock") = Some(numbers);
+        } else if line.contains(") traces VM ")
+            && let Some(name) = line.split('"').nth(1)
+        {
+            *to.bound
+                .lock()
+                .expect("bound lock")
+                .entry(name.to_owned())
+                .or_default() += 1;
         }
     }
 }

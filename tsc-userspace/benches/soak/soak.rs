@@ -155,6 +155,8 @@ pub struct Outcome {
     pub cuts: u64,
     /// Reconnections the relay saw (agent `soaka`).
     pub reconnects: u64,
+    /// The session's fds open at the end that were not at the start.
+    pub session_fd_growth: Vec<String>,
     /// After every process of ours exited: instances and pins left behind.
     pub instances_left: usize,
     pub pins_left: usize,
@@ -204,9 +206,14 @@ pub fn run(config: &Config, mut on_sample: impl FnMut(&Sample)) -> Outcome {
     agents.b = agents.spawn(session.port, "soakb", 5);
     let mut feed_a = Feed::start("soak-feed-a", 0, config.rate / 2);
     let mut feed_b = Feed::start("soak-feed-b", B_BASE, config.rate / 2);
+    // Markers go in once the agent is bound: before, its instance is being
+    // set up (a new trace clock clears it, a resize refuses writes).
+    wait_until("both agents bound", Duration::from_secs(60), || {
+        session.bound("soaka") == 1 && session.bound("soakb") == 1
+    });
     feed_a.attach(&load::agent_marker(agents.a.pid()));
     feed_b.attach(&load::agent_marker(agents.b.pid()));
-    wait_until("both agents bound", Duration::from_secs(60), || {
+    wait_until("both agents counted", Duration::from_secs(60), || {
         session.status().get("agents") == Some(&2)
     });
 
@@ -228,8 +235,20 @@ pub fn run(config: &Config, mut on_sample: impl FnMut(&Sample)) -> Outcome {
             duplicates,
         }
     };
+    // The baseline once the session has settled: markers of both agents
+    // out, and its fd count steady for a second.
+    wait_until(
+        "markers of both agents out",
+        Duration::from_secs(60),
+        || {
+            let t = session.tally();
+            t.seen_in(0, B_BASE) > 0 && t.seen_in(B_BASE, u64::MAX) > 0
+        },
+    );
+    wait_for_steady_fds(session.pid());
     let t0 = Instant::now();
     let start = look(t0, &agents, [&feed_a, &feed_b]);
+    let start_fds = probe::fd_kinds(session.pid());
     let churn = churn::Churn::start(config.vm_every);
     let hostile = hostile::Hostile::start(session.port, config.hostile_every);
     let mut samples = vec![start.clone()];
@@ -268,8 +287,11 @@ pub fn run(config: &Config, mut on_sample: impl FnMut(&Sample)) -> Outcome {
             restart_at.push(feed_b.sent());
             agent::stop(&mut agents.b);
             agents.b = agents.spawn(session.port, "soakb", 5);
-            feed_b.attach(&load::agent_marker(agents.b.pid()));
             restarts += 1;
+            wait_until("the new agent bound", Duration::from_secs(60), || {
+                session.bound("soakb") == restarts + 1
+            });
+            feed_b.attach(&load::agent_marker(agents.b.pid()));
             next_restart += config.restart_every;
         }
         if now >= next_sample {
@@ -292,6 +314,7 @@ pub fn run(config: &Config, mut on_sample: impl FnMut(&Sample)) -> Outcome {
     // The quiet end: same agents connected, no churn VMs, no hostile peers.
     let end = wait_for_settled(&start, || look(t0, &agents, [&feed_a, &feed_b]));
     on_sample(&end);
+    let session_fd_growth = probe::fd_growth(&start_fds, &probe::fd_kinds(session.pid()));
 
     feed_a.stop();
     feed_b.stop();
@@ -337,6 +360,7 @@ pub fn run(config: &Config, mut on_sample: impl FnMut(&Sample)) -> Outcome {
         restarts,
         cuts,
         reconnects,
+        session_fd_growth,
         instances_left: probe::instances(&pids).0,
         pins_left: probe::pins(&pin_dir),
         ended,
@@ -356,6 +380,18 @@ fn wait_for_settled(start: &Sample, mut look: impl FnMut() -> Sample) -> Sample 
             return s;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (up to 20 s) until `pid`'s fd count stays the same for a second.
+fn wait_for_steady_fds(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut last, mut same) = (probe::process(pid).fds, 0);
+    while same < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = probe::process(pid).fds;
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
     }
 }
 
