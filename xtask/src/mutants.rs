@@ -61,11 +61,17 @@ pub struct Args {
     /// Only the mutants whose name matches this regex (cargo-mutants `--re`).
     #[arg(long, value_name = "REGEX")]
     pub re: Option<String>,
-    /// Only the unit tests whose name contains this (e.g. `timeline::`):
-    /// faster, but a mutant caught only by another module's tests is
-    /// reported missed.
+    /// Only the unit tests whose name contains this (e.g. `timeline::`);
+    /// repeatable (a test runs when it matches any). Faster, but a mutant
+    /// caught only by another module's tests is reported missed: re-run
+    /// the misses without it before counting them.
     #[arg(long, value_name = "FILTER")]
-    pub tests: Option<String>,
+    pub tests: Vec<String>,
+    /// Skip the unmutated baseline build and test (cargo-mutants
+    /// `--baseline=skip`): for re-runs of a few mutants on a tree whose
+    /// tests were just seen to pass. Needs `--timeout`.
+    #[arg(long, requires = "timeout")]
+    pub skip_baseline: bool,
     /// Only list the mutants, run nothing.
     #[arg(long)]
     pub list: bool,
@@ -169,14 +175,15 @@ fn mutants_args(package: &str, files: &[String], args: &Args) -> Vec<String> {
     if args.iterate {
         out.push("--iterate".into());
     }
+    if args.skip_baseline {
+        out.push("--baseline=skip".into());
+    }
     if args.list {
         out.push("--list".into());
     }
     // Unit tests only: the integration tests need root, VMs and minutes.
     out.extend(["--".into(), "--lib".into()]);
-    if let Some(filter) = &args.tests {
-        out.push(filter.clone());
-    }
+    out.extend(args.tests.iter().cloned());
     out
 }
 
