@@ -84,7 +84,9 @@
 //! (32768, the host recording per CPU), `E2E_KEEP=1` keeps the files
 //! (timeline.txt, host.dat, guest.dat, report.txt) and prints where.
 //! `E2E_RECORD=DIR` also records each run's session into `DIR/runN`
-//! (`--record`), to measure what recording costs.
+//! (`--record`), to measure what recording costs. `E2E_RUNS` (all: `paced,
+//! full,burst`) picks the runs; `E2E_FORMAT` (`text`, or `json`) the
+//! session's output format.
 
 mod guest;
 mod load;
@@ -99,7 +101,7 @@ mod session;
 use std::time::Duration;
 
 use run::Workload;
-use tsc_userspace::{agent::sysinfo, tracefs::EventName, vmm};
+use tsc_userspace::{agent::sysinfo, output::OutputFormat, tracefs::EventName, vmm};
 
 /// The bench's knobs, from the environment.
 pub struct Config {
@@ -112,6 +114,10 @@ pub struct Config {
     pub host_buffer_kb: u32,
     pub keep: bool,
     pub peer: bool,
+    /// Which runs (`paced`, `full`, `burst`).
+    pub runs: Vec<String>,
+    /// The session's output format.
+    pub format: OutputFormat,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -139,13 +145,22 @@ impl Config {
             host_buffer_kb: env("E2E_HOST_BUFFER_KB", 32768),
             keep: env("E2E_KEEP", 0) != 0,
             peer: which::which("trace-cmd").is_ok(),
+            runs: env("E2E_RUNS", "paced,full,burst".to_owned())
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            format: match env("E2E_FORMAT", "text".to_owned()).as_str() {
+                "text" => OutputFormat::Text,
+                "json" => OutputFormat::Json,
+                other => panic!("E2E_FORMAT={other}: text or json"),
+            },
         }
     }
 }
 
 impl Config {
-    fn workloads(&self) -> [Workload; 3] {
-        [
+    fn workloads(&self) -> Vec<Workload> {
+        let all = [
             Workload {
                 label: format!("paced {}/s", self.rate),
                 count: self.rate * self.secs,
@@ -169,7 +184,13 @@ impl Config {
                 agent_buffer_kb: (self.events * 48 * 2 / 1024 + 1024) as u32,
                 burst: true,
             },
-        ]
+        ];
+        let keys = ["paced", "full", "burst"];
+        all.into_iter()
+            .zip(keys)
+            .filter(|(_, key)| self.runs.iter().any(|r| r == key))
+            .map(|(w, _)| w)
+            .collect()
     }
 }
 
