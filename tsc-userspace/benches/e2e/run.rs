@@ -82,7 +82,13 @@ pub fn run(config: &Config, vm: u32, workload: &Workload) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
     let out_path = dir.path().join("timeline.txt");
     let recorder = peer::HostRecorder::start(&config.host_events, config.host_buffer_kb);
-    let session = session::start(vm, &config.host_events, config.window, config.format, &out_path);
+    let session = session::start(
+        vm,
+        &config.host_events,
+        config.window,
+        config.format,
+        &out_path,
+    );
     let relay = relay::Relay::start(session.addr);
     let mut agent = AgentGuard(Some(spawn_agent(relay.port, *agent_buffer_kb)));
     let agent_pid = agent.0.as_ref().map_or(0, Child::id);

@@ -85,8 +85,7 @@ pub fn start(
                 };
                 let tsc_hz = session.clock().tsc_khz() * 1000;
                 ready_tx.send((addr, tsc_hz)).expect("bench waiting");
-                let mut writer =
-                    output::writer(format, ClockMode::Ns, FlushPolicy::Batch, file);
+                let mut writer = output::writer(format, ClockMode::Ns, FlushPolicy::Batch, file);
                 let summary = session
                     .run(writer.as_mut(), async {
                         let _ = stopped.await;
