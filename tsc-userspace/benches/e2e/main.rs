@@ -87,7 +87,8 @@
 //! (`--record`), to measure what recording costs. `E2E_FLUSH_MS=N` reads
 //! every CPU's buffer every N ms on both sides (the agent's and the host's
 //! `--flush-ms`; default theirs, 10): `E2E_FLUSH_MS=1` is the low-latency
-//! setting the README documents.
+//! setting the README documents. `E2E_RUNS` (all: `paced,full,burst`) picks
+//! the runs; `E2E_FORMAT` (`text`, or `json`) the session's output format.
 
 mod agent;
 mod guest;
@@ -103,7 +104,7 @@ mod session;
 use std::time::Duration;
 
 use run::Workload;
-use tsc_userspace::tracefs::EventName;
+use tsc_userspace::{output::OutputFormat, tracefs::EventName};
 
 /// The bench's knobs, from the environment.
 pub struct Config {
@@ -116,6 +117,10 @@ pub struct Config {
     pub host_buffer_kb: u32,
     pub keep: bool,
     pub peer: bool,
+    /// Which runs (`paced`, `full`, `burst`).
+    pub runs: Vec<String>,
+    /// The session's output format.
+    pub format: OutputFormat,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -151,13 +156,22 @@ impl Config {
             host_buffer_kb: env("E2E_HOST_BUFFER_KB", 32768),
             keep: env("E2E_KEEP", 0) != 0,
             peer: which::which("trace-cmd").is_ok(),
+            runs: env("E2E_RUNS", "paced,full,burst".to_owned())
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            format: match env("E2E_FORMAT", "text".to_owned()).as_str() {
+                "text" => OutputFormat::Text,
+                "json" => OutputFormat::Json,
+                other => panic!("E2E_FORMAT={other}: text or json"),
+            },
         }
     }
 }
 
 impl Config {
-    fn workloads(&self) -> [Workload; 3] {
-        [
+    fn workloads(&self) -> Vec<Workload> {
+        let all = [
             Workload {
                 label: format!("paced {}/s", self.rate),
                 count: self.rate * self.secs,
@@ -181,7 +195,13 @@ impl Config {
                 agent_buffer_kb: (self.events * 48 * 2 / 1024 + 1024) as u32,
                 burst: true,
             },
-        ]
+        ];
+        let keys = ["paced", "full", "burst"];
+        all.into_iter()
+            .zip(keys)
+            .filter(|(_, key)| self.runs.iter().any(|r| r == key))
+            .map(|(w, _)| w)
+            .collect()
     }
 }
 

@@ -7,6 +7,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use tsc_userspace::output::OutputFormat;
+
 use crate::{load, measure::mono_ns};
 
 /// Per write(2) to the file: bytes written so far and the CLOCK_MONOTONIC
@@ -59,19 +61,24 @@ pub struct Output {
     pub guest_lines: u64,
     /// Per marker sequence number: when its line was written.
     pub written: Vec<Option<u64>>,
-    /// Lines that are not in host-time order (their `(+delta)` is negative).
+    /// Lines that are not in host-time order (their `(+delta)` is
+    /// negative, or their `host_tsc` below the previous line's).
     pub out_of_order: u64,
+    json: bool,
+    last_tsc: u64,
 }
 
-/// Reads the output back and times each marker line by the write that
-/// carried its last byte.
-pub fn read(path: &Path, writes: &Writes, sent: u64) -> Output {
+/// Reads the output back (text or JSON lines) and times each marker line
+/// by the write that carried its last byte.
+pub fn read(path: &Path, writes: &Writes, sent: u64, format: OutputFormat) -> Output {
     let writes = writes.lock().expect("writes").clone();
     let mut out = Output {
         host_lines: 0,
         guest_lines: 0,
         written: vec![None; sent as usize],
         out_of_order: 0,
+        json: format == OutputFormat::Json,
+        last_tsc: 0,
     };
     let mut reader = BufReader::new(File::open(path).expect("the output"));
     let mut line = Vec::new();
@@ -90,23 +97,52 @@ pub fn read(path: &Path, writes: &Writes, sent: u64) -> Output {
 
 impl Output {
     fn count(&mut self, line: &[u8], last_byte: u64, writes: &[(u64, u64)]) {
-        if line.starts_with(b"host:") {
+        let (host, marker): (&[u8], &[u8]) = if self.json {
+            (b"{\"source\":\"host\"", b"\"buf\":\"e2e:")
+        } else {
+            (b"host:", b"buf=e2e:")
+        };
+        if line.starts_with(host) {
             self.host_lines += 1;
         } else {
             self.guest_lines += 1;
         }
-        if load::find(line, b": (-").is_some() {
+        if self.out_of_order(line) {
             self.out_of_order += 1;
         }
-        let Some(at) = load::find(line, b"buf=e2e:") else {
+        let Some(at) = load::find(line, marker) else {
             return;
         };
-        let Some((seq, _)) = load::parse(&line[at + 8..]) else {
+        let Some((seq, _)) = load::parse(&line[at + marker.len()..]) else {
             return;
         };
         let i = writes.partition_point(|&(end, _)| end <= last_byte);
         if let (Some(slot), Some(&(_, t))) = (self.written.get_mut(seq as usize), writes.get(i)) {
             *slot = Some(t);
         }
+    }
+}
+
+impl Output {
+    fn out_of_order(&mut self, line: &[u8]) -> bool {
+        if !self.json {
+            return load::find(line, b": (-").is_some();
+        }
+        const KEY: &[u8] = b"\"host_tsc\":";
+        let Some(at) = load::find(line, KEY) else {
+            return false;
+        };
+        let digits = &line[at + KEY.len()..];
+        let end = digits
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(digits.len());
+        let tsc = std::str::from_utf8(&digits[..end])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        let back = tsc < self.last_tsc;
+        self.last_tsc = self.last_tsc.max(tsc);
+        back
     }
 }

@@ -27,8 +27,9 @@ pub fn machine() {
 /// Every figure of every run.
 pub fn table(config: &Config, runs: &[Run]) {
     println!(
-        "e2e: window {} ms, host events {}",
+        "e2e: window {} ms, output {:?}, host events {}",
         config.window.as_millis(),
+        config.format,
         config
             .host_events
             .iter()

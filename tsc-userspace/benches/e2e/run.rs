@@ -66,7 +66,13 @@ pub fn run(config: &Config, vm: u32, workload: &Workload) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
     let out_path = dir.path().join("timeline.txt");
     let recorder = peer::HostRecorder::start(&config.host_events, config.host_buffer_kb);
-    let session = session::start(vm, &config.host_events, config.window, &out_path);
+    let session = session::start(
+        vm,
+        &config.host_events,
+        config.window,
+        config.format,
+        &out_path,
+    );
     let relay = relay::Relay::start(session.addr);
     let mut agent = agent::spawn(agent::AgentArgs {
         port: relay.port,
@@ -108,7 +114,7 @@ pub fn run(config: &Config, vm: u32, workload: &Workload) -> Run {
     let host = recorder.finish();
 
     let guest = guest::decode(&capture, count);
-    let out = output::read(&out_path, &writes, count);
+    let out = output::read(&out_path, &writes, count, config.format);
     let peer = config.peer.then(|| {
         let (host_dat, guest_dat) = (dir.path().join("host.dat"), dir.path().join("guest.dat"));
         peer::write_dat(&host.dat, &host_dat);

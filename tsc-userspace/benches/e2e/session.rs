@@ -40,8 +40,15 @@ pub struct Ended {
 }
 
 /// Starts a session like `tsc-tracer host --listen tcp:127.0.0.1:0 --vm
-/// VM=vm1 --host-events EVENTS --window-ms W -o OUT` (text, batch flush).
-pub fn start(vm: u32, host_events: &[EventName], window: Duration, out: &Path) -> Running {
+/// VM=vm1 --host-events EVENTS --window-ms W --format F -o OUT` (batch
+/// flush).
+pub fn start(
+    vm: u32,
+    host_events: &[EventName],
+    window: Duration,
+    format: OutputFormat,
+    out: &Path,
+) -> Running {
     let options = SessionOptions {
         listen: vec!["tcp:127.0.0.1:0".parse::<Endpoint>().expect("endpoint")],
         vms: vec![format!("{vm}=vm1").parse::<VmSpec>().expect("vm spec")],
@@ -82,8 +89,7 @@ pub fn start(vm: u32, host_events: &[EventName], window: Duration, out: &Path) -
                 };
                 let tsc_hz = session.clock().tsc_khz() * 1000;
                 ready_tx.send((addr, tsc_hz)).expect("bench waiting");
-                let mut writer =
-                    output::writer(OutputFormat::Text, ClockMode::Ns, FlushPolicy::Batch, file);
+                let mut writer = output::writer(format, ClockMode::Ns, FlushPolicy::Batch, file);
                 let summary = session
                     .run(writer.as_mut(), async {
                         let _ = stopped.await;

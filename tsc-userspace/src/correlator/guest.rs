@@ -77,9 +77,15 @@ impl Guest {
             Flags::NONE
         };
         let cursor = self.cursors.entry(page.cpu).or_default();
+        // The comm table is updated when the task changes, not per event
+        // (a page's events mostly come from one task).
+        let mut named = None;
         for event in page.events() {
-            if let (Some(pid), Some(comm)) = (event.pid, event.comm) {
+            if let (Some(pid), Some(comm)) = (event.pid, event.comm)
+                && named != Some(pid)
+            {
                 sources.set_comm(self.source, pid, comm);
+                named = Some(pid);
             }
             let Some(data) = EventData::from_page(page.bytes(), event.data) else {
                 continue;

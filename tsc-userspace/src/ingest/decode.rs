@@ -158,12 +158,24 @@ impl EventPage {
     pub fn events(&self) -> impl Iterator<Item = GuestEvent<'_>> {
         // Checked in `new`: the page and every record decode.
         let page = Page::parse(&self.guest.layout, &self.data).ok();
+        // A page's events mostly come from one task: its comm is looked up
+        // when the pid changes, not per event.
+        let mut last: Option<(i32, Option<&str>)> = None;
         page.into_iter()
             .flat_map(|p| p.events())
             .filter_map(Result::ok)
-            .map(|raw| {
+            .map(move |raw| {
                 let event = self.guest.formats.event(raw.data).ok();
                 let pid = event.as_ref().and_then(Event::pid);
+                let comm = match (pid, last) {
+                    (None, _) => None,
+                    (Some(p), Some((q, comm))) if p == q => comm,
+                    (Some(p), _) => {
+                        let comm = self.comms.get(&p).map(String::as_str);
+                        last = Some((p, comm));
+                        comm
+                    }
+                };
                 GuestEvent {
                     conn: self.conn,
                     cpu: self.cpu,
@@ -171,7 +183,7 @@ impl EventPage {
                     format: event.map(|e| e.format),
                     data: raw.data,
                     pid,
-                    comm: pid.and_then(|p| self.comms.get(&p)).map(String::as_str),
+                    comm,
                 }
             })
     }

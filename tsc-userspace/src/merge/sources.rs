@@ -36,11 +36,16 @@ pub struct SourceInfo {
     pub kernel_release: Option<String>,
 }
 
+/// pid -> command name. Looked up for every event written, so hashed with
+/// foldhash (a fraction of SipHash's cost, still seeded per map: pids come
+/// from guests, which must not be able to choose colliding ones).
+type Comms = HashMap<i32, String, foldhash::fast::RandomState>;
+
 /// One registered source.
 #[derive(Debug)]
 pub struct Source {
     info: SourceInfo,
-    comms: HashMap<i32, String>,
+    comms: Comms,
 }
 
 impl Source {
@@ -85,7 +90,7 @@ impl Source {
     }
 }
 
-fn set_comm(comms: &mut HashMap<i32, String>, pid: i32, comm: &str) {
+fn set_comm(comms: &mut Comms, pid: i32, comm: &str) {
     match comms.get_mut(&pid) {
         Some(known) if known == comm => {}
         Some(known) => {
@@ -98,7 +103,7 @@ fn set_comm(comms: &mut HashMap<i32, String>, pid: i32, comm: &str) {
     }
 }
 
-fn learn_comms(comms: &mut HashMap<i32, String>, event: &Event<'_>) {
+fn learn_comms(comms: &mut Comms, event: &Event<'_>) {
     for (pid, comm) in event.named_tasks() {
         // A non-UTF-8 comm is stored lossily.
         set_comm(comms, pid, &String::from_utf8_lossy(comm));
@@ -130,7 +135,7 @@ impl Sources {
         let id = u32::try_from(self.entries.len()).map_err(|_| MergeError::TooManySources)?;
         self.entries.push(Some(Source {
             info,
-            comms: HashMap::new(),
+            comms: Comms::default(),
         }));
         Ok(SourceId(id))
     }

@@ -8,7 +8,7 @@ use super::{
     sink::Sink,
     value::{push_i64, push_text, push_text_value, push_u64, push_u64_padded},
 };
-use crate::merge::MergeItem;
+use crate::merge::{MergeItem, SourceId};
 
 /// Width `SOURCE:` is padded to, so that `host` and short VM names align.
 const LABEL_WIDTH: usize = 6;
@@ -22,6 +22,40 @@ pub struct TextWriter<W: Write> {
     clock: ClockMode,
     /// The previous line's time stamp, in the unit printed.
     prev: Option<u64>,
+    /// The last line's `SOURCE: COMM-PID [` as written, and what it was
+    /// made of: consecutive events mostly come from one task, whose
+    /// prefix is then copied rather than padded and escaped again.
+    prefix: Prefix,
+}
+
+/// A cached line prefix and its key.
+#[derive(Debug, Default)]
+struct Prefix {
+    /// Source, whether it was known, and pid.
+    key: Option<(SourceId, bool, Option<i32>)>,
+    /// The comm it was written with, as bytes (`None`: unknown).
+    comm: Option<Vec<u8>>,
+    text: Vec<u8>,
+}
+
+impl Prefix {
+    fn matches(&self, key: (SourceId, bool, Option<i32>), comm: Option<&str>) -> bool {
+        self.key == Some(key) && self.comm.as_deref() == comm.map(str::as_bytes)
+    }
+
+    fn set(&mut self, key: (SourceId, bool, Option<i32>), comm: Option<&str>, text: &[u8]) {
+        self.key = Some(key);
+        match (comm, &mut self.comm) {
+            (Some(c), Some(known)) => {
+                known.clear();
+                known.extend_from_slice(c.as_bytes());
+            }
+            (Some(c), slot) => *slot = Some(c.as_bytes().to_vec()),
+            (None, slot) => *slot = None,
+        }
+        self.text.clear();
+        self.text.extend_from_slice(text);
+    }
 }
 
 impl<W: Write> TextWriter<W> {
@@ -31,6 +65,7 @@ impl<W: Write> TextWriter<W> {
             sink: Sink::new(out, flush),
             clock,
             prev: None,
+            prefix: Prefix::default(),
         }
     }
 
@@ -42,19 +77,14 @@ impl<W: Write> TextWriter<W> {
     fn line(&mut self, ctx: &WriteContext<'_>, item: &MergeItem) {
         let r = Resolved::new(ctx.sources, item);
         let buf = &mut self.sink.buf;
-        let start = buf.len();
-        match r.source {
-            Some(s) => buf.extend_from_slice(s.label().as_bytes()),
-            None => {
-                buf.push(b'?');
-                push_u64(buf, u64::from(item.source.0));
-            }
+        let key = (item.source, r.source.is_some(), r.pid);
+        if self.prefix.matches(key, r.comm) {
+            buf.extend_from_slice(&self.prefix.text);
+        } else {
+            let start = buf.len();
+            push_prefix(buf, &r, item);
+            self.prefix.set(key, r.comm, &buf[start..]);
         }
-        buf.push(b':');
-        let label_len = buf.len() - start;
-        buf.resize(buf.len() + LABEL_WIDTH.saturating_sub(label_len), b' ');
-        push_task(buf, r.comm, r.pid);
-        buf.extend_from_slice(b" [");
         push_u64_padded(buf, u64::from(item.cpu), 3);
         buf.extend_from_slice(b"] ");
         let now = match self.clock {
@@ -82,6 +112,23 @@ impl<W: Write> TextWriter<W> {
         push_flags(buf, item);
         buf.push(b'\n');
     }
+}
+
+/// `SOURCE: COMM-PID [`, padded.
+fn push_prefix(buf: &mut Vec<u8>, r: &Resolved<'_>, item: &MergeItem) {
+    let start = buf.len();
+    match r.source {
+        Some(s) => buf.extend_from_slice(s.label().as_bytes()),
+        None => {
+            buf.push(b'?');
+            push_u64(buf, u64::from(item.source.0));
+        }
+    }
+    buf.push(b':');
+    let label_len = buf.len() - start;
+    buf.resize(buf.len() + LABEL_WIDTH.saturating_sub(label_len), b' ');
+    push_task(buf, r.comm, r.pid);
+    buf.extend_from_slice(b" [");
 }
 
 /// ` COMM-PID`, right-aligned.

@@ -121,6 +121,24 @@ impl<'a> ArrayValue<'a> {
 
 /// Little-endian integer of 1..=8 bytes.
 fn int_value(bytes: &[u8], signed: bool) -> Value<'static> {
+    // The sizes fields have, read without a copy of variable length (which
+    // is a call to memcpy per field).
+    let (raw, n) = match *bytes {
+        [a] => (u64::from(a), 1),
+        [a, b] => (u64::from(u16::from_le_bytes([a, b])), 2),
+        [a, b, c, d] => (u64::from(u32::from_le_bytes([a, b, c, d])), 4),
+        [a, b, c, d, e, f, g, h] => (u64::from_le_bytes([a, b, c, d, e, f, g, h]), 8),
+        _ => return int_value_any(bytes, signed),
+    };
+    if !signed {
+        return Value::Unsigned(raw);
+    }
+    let shift = 64 - 8 * n;
+    Value::Signed(((raw << shift) as i64) >> shift)
+}
+
+/// [`int_value`] of any length (past 8 bytes, the first 8).
+fn int_value_any(bytes: &[u8], signed: bool) -> Value<'static> {
     let mut le = [0u8; 8];
     let n = bytes.len().min(8);
     le[..n].copy_from_slice(&bytes[..n]);
@@ -205,7 +223,10 @@ impl<'a> Event<'a> {
 
     /// `common_pid`: the task that was current when the event fired.
     pub fn pid(&self) -> Option<i32> {
-        self.get("common_pid")?.ok()?.as_i64().map(|v| v as i32)
+        // The field's place is resolved once per format, not searched for
+        // by name per event.
+        let field = self.format.pid_field()?;
+        field.value(self.data).ok()?.as_i64().map(|v| v as i32)
     }
 
     /// The tasks an event names with their command names: any pair of
@@ -213,17 +234,11 @@ impl<'a> Event<'a> {
     /// and `pid`/`newcomm`. This covers `sched_switch`, `sched_wakeup*`,
     /// `sched_process_fork` and `task_rename` without naming any of them.
     /// Comms are the kernel's `char[16]` bytes, not necessarily UTF-8.
-    pub fn named_tasks(&self) -> impl Iterator<Item = (i32, &'a [u8])> + '_ {
-        const PAIRS: [(&str, &str); 5] = [
-            ("prev_pid", "prev_comm"),
-            ("next_pid", "next_comm"),
-            ("child_pid", "child_comm"),
-            ("pid", "comm"),
-            ("pid", "newcomm"),
-        ];
-        PAIRS.into_iter().filter_map(|(pid, comm)| {
-            let pid = self.get(pid)?.ok()?.as_i64()?;
-            match self.get(comm)?.ok()? {
+    pub fn named_tasks(&self) -> impl Iterator<Item = (i32, &'a [u8])> + 'a {
+        let data = self.data;
+        self.format.task_fields().filter_map(move |(pid, comm)| {
+            let pid = pid.value(data).ok()?.as_i64()?;
+            match comm.value(data).ok()? {
                 Value::Str(comm) => Some((pid as i32, comm)),
                 _ => None,
             }

@@ -267,6 +267,49 @@ pub struct EventFormat {
     pub fields: Vec<Field>,
     /// The `print fmt:` line, kept for tools that want it.
     pub print_fmt: String,
+    /// Where the fields every event asks for are, found once at parse
+    /// time: every record of the format would otherwise search `fields`
+    /// by name for them.
+    index: FieldIndex,
+}
+
+/// Indices into [`EventFormat::fields`] of the fields decoding asks for by
+/// name, resolved once per format.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FieldIndex {
+    /// `common_pid`.
+    pid: Option<usize>,
+    /// Fields not named `common_*`, in order.
+    own: Vec<usize>,
+    /// `(pid, comm)` field pairs naming a task, in
+    /// [`TASK_PAIRS`] order (see [`Event::named_tasks`](super::Event::named_tasks)).
+    tasks: Vec<(usize, usize)>,
+}
+
+/// Field pairs that name a task with its command name: `X_pid`/`X_comm`
+/// (`prev_`, `next_`, `child_`), `pid`/`comm` and `pid`/`newcomm`.
+const TASK_PAIRS: [(&str, &str); 5] = [
+    ("prev_pid", "prev_comm"),
+    ("next_pid", "next_comm"),
+    ("child_pid", "child_comm"),
+    ("pid", "comm"),
+    ("pid", "newcomm"),
+];
+
+impl FieldIndex {
+    fn of(fields: &[Field]) -> Self {
+        let find = |name: &str| fields.iter().position(|f| f.decl.name == name);
+        Self {
+            pid: find("common_pid"),
+            own: (0..fields.len())
+                .filter(|&i| !fields[i].decl.name.starts_with("common_"))
+                .collect(),
+            tasks: TASK_PAIRS
+                .iter()
+                .filter_map(|(pid, comm)| Some((find(pid)?, find(comm)?)))
+                .collect(),
+        }
+    }
 }
 
 impl EventFormat {
@@ -291,6 +334,7 @@ impl EventFormat {
             system: system.to_string(),
             name,
             id,
+            index: FieldIndex::of(&fields),
             fields,
             print_fmt,
         };
@@ -320,9 +364,21 @@ impl EventFormat {
 
     /// Fields that are not common ones.
     pub fn own_fields(&self) -> impl Iterator<Item = &Field> {
-        self.fields
+        self.index.own.iter().filter_map(|&i| self.fields.get(i))
+    }
+
+    /// The `common_pid` field.
+    pub fn pid_field(&self) -> Option<&Field> {
+        self.fields.get(self.index.pid?)
+    }
+
+    /// The `(pid, comm)` field pairs that name a task, in the order
+    /// [`Event::named_tasks`](super::Event::named_tasks) yields them.
+    pub fn task_fields(&self) -> impl Iterator<Item = (&Field, &Field)> {
+        self.index
+            .tasks
             .iter()
-            .filter(|f| !f.decl.name.starts_with("common_"))
+            .filter_map(|&(p, c)| Some((self.fields.get(p)?, self.fields.get(c)?)))
     }
 }
 
