@@ -129,7 +129,11 @@ fn switch(set: &FormatSet, seq: u64) -> Vec<u8> {
         .unwrap_or(8);
     let mut p = vec![0u8; end.next_multiple_of(4)];
     p[..2].copy_from_slice(&f.id.to_le_bytes());
-    let (prev, next): (i64, i64) = if seq % 2 == 0 { (0, 777) } else { (777, 0) };
+    let (prev, next): (i64, i64) = if seq.is_multiple_of(2) {
+        (0, 777)
+    } else {
+        (777, 0)
+    };
     p[4..8].copy_from_slice(&(prev as i32).to_le_bytes());
     for field in f.own_fields() {
         let (at, size) = (field.decl.offset, field.decl.size);
