@@ -19,9 +19,14 @@ use crate::{
 /// Options of `cargo xtask fuzz`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Minutes each target runs for.
+    /// Minutes each target runs for (at most, with `--runs`).
     #[arg(long, default_value_t = 10)]
     pub minutes: u64,
+    /// Stop each target after this many executions (libFuzzer `-runs`),
+    /// e.g. `--runs 10000000 --minutes 60` for the ten million the
+    /// release checklist asks of every target.
+    #[arg(long, value_name = "N")]
+    pub runs: Option<u64>,
     /// A target to run (repeatable); default: every target `cargo fuzz list` names.
     #[arg(long = "target", value_name = "NAME")]
     pub targets: Vec<String>,
@@ -35,7 +40,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.targets
     };
-    run_all(&targets, Duration::from_secs(args.minutes * 60))
+    run_all(&targets, Duration::from_secs(args.minutes * 60), args.runs)
 }
 
 /// What one target's run did.
@@ -67,13 +72,19 @@ pub fn list() -> Result<Vec<String>> {
         .collect())
 }
 
-/// Runs each target for `time`, one after the other, prints what each did,
-/// and fails when any crashed or could not run.
-pub fn run_all(targets: &[String], time: Duration) -> Result<()> {
+/// Runs each target for `time` (or until `runs` executions), one after the
+/// other, prints what each did, and fails when any crashed or could not run.
+pub fn run_all(targets: &[String], time: Duration, runs: Option<u64>) -> Result<()> {
     let mut outcomes = Vec::new();
     for target in targets {
-        step(&format!("fuzzing {target} for {} s", time.as_secs()));
-        outcomes.push(run_target(target, time)?);
+        match runs {
+            Some(n) => step(&format!(
+                "fuzzing {target} for {n} executions or {} s",
+                time.as_secs()
+            )),
+            None => step(&format!("fuzzing {target} for {} s", time.as_secs())),
+        }
+        outcomes.push(run_target(target, time, runs)?);
     }
     step("fuzzing summary");
     for outcome in &outcomes {
@@ -96,7 +107,7 @@ pub fn run_all(targets: &[String], time: Duration) -> Result<()> {
 /// Runs one target for `time`, starting from its seeds (`fuzz/seeds/TARGET`)
 /// beside its working corpus (`fuzz/corpus/TARGET`, which gets what the
 /// fuzzer finds). libFuzzer's output goes on to stderr as it comes.
-pub fn run_target(target: &str, time: Duration) -> Result<Outcome> {
+pub fn run_target(target: &str, time: Duration, runs: Option<u64>) -> Result<Outcome> {
     let fuzz_dir = shell::workspace_root().join("fuzz");
     let mut cmd = shell::nightly_cargo();
     cmd.args(["fuzz", "run", target]);
@@ -112,6 +123,9 @@ pub fn run_target(target: &str, time: Duration) -> Result<Outcome> {
         &format!("-max_total_time={}", time.as_secs().max(1)),
         "-print_final_stats=1",
     ]);
+    if let Some(n) = runs {
+        cmd.arg(format!("-runs={n}"));
+    }
     let start = Instant::now();
     let mut child = cmd
         .stderr(Stdio::piped())

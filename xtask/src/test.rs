@@ -85,5 +85,5 @@ fn fuzz(seconds: u64) -> Result<()> {
         step("fuzzing skipped (--fuzz-seconds 0)");
         return Ok(());
     }
-    crate::fuzz::run_all(&crate::fuzz::list()?, Duration::from_secs(seconds))
+    crate::fuzz::run_all(&crate::fuzz::list()?, Duration::from_secs(seconds), None)
 }
