@@ -5,6 +5,7 @@ use std::{
     io::{self, Write},
 };
 
+use super::last_comm::LastComm;
 use super::{
     EventWriter, FlushPolicy, Resolved, WriteContext,
     sink::Sink,
@@ -95,14 +96,14 @@ impl Compiled {
 #[derive(Debug, Default)]
 struct Task {
     key: Option<(SourceId, Option<i32>)>,
-    comm: Option<Vec<u8>>,
+    comm: LastComm,
     text: Vec<u8>,
 }
 
 impl Task {
     fn write(&mut self, buf: &mut Vec<u8>, source: SourceId, pid: Option<i32>, comm: Option<&str>) {
         let key = Some((source, pid));
-        if self.key == key && self.comm.as_deref() == comm.map(str::as_bytes) {
+        if self.key == key && self.comm.is(comm) {
             buf.extend_from_slice(&self.text);
             return;
         }
@@ -119,7 +120,7 @@ impl Task {
         }
         buf.extend_from_slice(b",\"fields\":");
         self.key = key;
-        self.comm = comm.map(|c| c.as_bytes().to_vec());
+        self.comm.set(comm);
         self.text.clear();
         self.text.extend_from_slice(&buf[start..]);
     }

@@ -71,6 +71,7 @@
 //! `"fields":null`.
 
 mod json;
+mod last_comm;
 pub mod perfetto;
 pub mod rotate;
 mod sink;

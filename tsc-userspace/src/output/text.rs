@@ -3,6 +3,7 @@
 
 use std::io::{self, Write};
 
+use super::last_comm::LastComm;
 use super::{
     ClockMode, EventWriter, FlushPolicy, Resolved, WriteContext,
     sink::Sink,
@@ -33,26 +34,19 @@ pub struct TextWriter<W: Write> {
 struct Prefix {
     /// Source, whether it was known, and pid.
     key: Option<(SourceId, bool, Option<i32>)>,
-    /// The comm it was written with, as bytes (`None`: unknown).
-    comm: Option<Vec<u8>>,
+    /// The comm it was written with.
+    comm: LastComm,
     text: Vec<u8>,
 }
 
 impl Prefix {
     fn matches(&self, key: (SourceId, bool, Option<i32>), comm: Option<&str>) -> bool {
-        self.key == Some(key) && self.comm.as_deref() == comm.map(str::as_bytes)
+        self.key == Some(key) && self.comm.is(comm)
     }
 
     fn set(&mut self, key: (SourceId, bool, Option<i32>), comm: Option<&str>, text: &[u8]) {
         self.key = Some(key);
-        match (comm, &mut self.comm) {
-            (Some(c), Some(known)) => {
-                known.clear();
-                known.extend_from_slice(c.as_bytes());
-            }
-            (Some(c), slot) => *slot = Some(c.as_bytes().to_vec()),
-            (None, slot) => *slot = None,
-        }
+        self.comm.set(comm);
         self.text.clear();
         self.text.extend_from_slice(text);
     }
