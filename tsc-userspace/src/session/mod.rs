@@ -10,6 +10,7 @@
 //! waits for the correlator's answer, so a binding lives with its agent.
 
 pub mod host;
+mod memory;
 mod status;
 
 use std::{
@@ -126,6 +127,7 @@ pub struct Session {
     correlator: Correlator,
     journal: LiveJournal,
     status: StatusLine,
+    trimmer: memory::Trimmer,
     last_clock_refresh: Instant,
     last_comms: Instant,
     /// `--record DIR` (record: see `crate::record::live`).
@@ -196,6 +198,7 @@ impl Session {
             correlator,
             journal,
             status: StatusLine::new(options.status_line, options.status_every),
+            trimmer: memory::Trimmer::new(),
             last_clock_refresh: Instant::now(),
             last_comms: Instant::now(),
             recorder: None,
@@ -458,6 +461,7 @@ impl Session {
         }
         self.status.maybe_draw(&self.correlator);
         self.status.maybe_log(&self.correlator);
+        self.trimmer.maybe_trim();
     }
 
     /// Host task names from the kernel's `saved_cmdlines`.
