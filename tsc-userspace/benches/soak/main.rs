@@ -8,6 +8,11 @@
 //! Run: `cargo bench -p tsc-userspace --bench soak -- --minutes 30`
 //! (`--rate N` markers/s, default 20000; `--sample-secs N`, default 60;
 //! `--keep` keeps the logs).
+//!
+//! Where memory goes: `SOAK_HEAPTRACK=FILE` runs the session under
+//! heaptrack's preload library, writing its raw data to FILE; then
+//! `/usr/lib/heaptrack/libexec/heaptrack_interpret < FILE | gzip > h.gz`
+//! and `heaptrack_print -f h.gz` (`-M massif.out` for the heap over time).
 
 #[path = "soak.rs"]
 mod soak;

@@ -63,6 +63,11 @@ impl Session {
         for (pid, name) in vms {
             cmd.args(["--vm", &format!("{pid}={name}")]);
         }
+        // The heap profile behind session/memory.rs (see main.rs).
+        if let Ok(out) = std::env::var("SOAK_HEAPTRACK") {
+            cmd.env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+                .env("DUMP_HEAPTRACK_OUTPUT", out);
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
