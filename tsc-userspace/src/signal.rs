@@ -8,14 +8,39 @@ use std::io;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves when SIGINT or SIGTERM arrives, with the signal's name. Must
-/// be called inside a tokio runtime; the handlers are installed at the
-/// call, so call it before the work starts.
+/// be called inside a tokio runtime; the handlers are installed when it is
+/// first polled. A binary that says it is ready before then uses
+/// [`Shutdown::install`] first instead.
 pub async fn shutdown() -> io::Result<&'static str> {
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = int.recv() => Ok("SIGINT"),
-        _ = term.recv() => Ok("SIGTERM"),
+    Ok(Shutdown::install()?.recv().await)
+}
+
+/// SIGINT and SIGTERM handlers, installed when made: a signal sent after
+/// that is seen by [`Shutdown::recv`], however late it is polled. Made
+/// before a binary logs that it is ready, so that a signal sent on that
+/// line is never lost (a process started with SIGINT ignored, as a
+/// background job of a script is, would otherwise drop it and run on).
+pub struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs both handlers (inside a tokio runtime).
+    pub fn install() -> io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves at the first SIGINT or SIGTERM since [`Shutdown::install`],
+    /// with the signal's name.
+    pub async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
     }
 }
 

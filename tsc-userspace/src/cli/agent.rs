@@ -79,11 +79,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     tracefs::install_panic_hook();
     runtime.block_on(async {
+        // Before the trace instance exists: a signal sent once it does
+        // must stop the agent (and remove it).
+        let signals = tsc_userspace::signal::Shutdown::install();
         let agent = Agent::start(config).context("cannot set up tracing")?;
         let report = agent
             .run(async {
-                match tsc_userspace::signal::shutdown().await {
-                    Ok(signal) => info!("{signal}: stopping"),
+                match signals {
+                    Ok(signals) => info!("{}: stopping", signals.recv().await),
                     Err(e) => {
                         warn!("cannot watch for signals ({e}): stop the agent with SIGKILL");
                         std::future::pending::<()>().await;

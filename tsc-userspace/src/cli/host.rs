@@ -11,7 +11,7 @@ use tsc_userspace::{
     },
     record,
     session::{Session, SessionOptions, VmSpec},
-    signal::shutdown as shutdown_signal,
+    signal::Shutdown,
     tracefs::EventName,
     wire::Endpoint,
 };
@@ -187,6 +187,9 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         status_every: (args.status_secs > 0).then(|| Duration::from_secs(args.status_secs)),
         ..SessionOptions::default()
     };
+    // Before the session says where agents connect: a signal sent once
+    // that line is out must stop it.
+    let signals = Shutdown::install();
     let mut session = Session::start(options)
         .await
         .context("starting the session")?;
@@ -230,8 +233,11 @@ async fn run_async(args: Args) -> Result<ExitCode> {
         writer = Box::new(output::Tee::new(writer, path.display().to_string(), copy));
     }
     let shutdown = async {
-        match shutdown_signal().await {
-            Ok(signal) => tracing::info!("{signal}: flushing and stopping"),
+        match signals {
+            Ok(signals) => {
+                let signal = signals.recv().await;
+                tracing::info!("{signal}: flushing and stopping");
+            }
             Err(err) => tracing::warn!("waiting for signals: {err}; stopping"),
         }
     };
