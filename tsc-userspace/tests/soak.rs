@@ -90,7 +90,9 @@ fn a_minute_of_churn_loses_nothing_silently_and_leaks_nothing() {
 
     // Nothing leaked.
     assert_eq!(o.session_fd_growth, Vec::<String>::new(), "{why}");
-    assert_eq!(o.end.session.fds, o.start.session.fds, "{why}");
+    // Fewer is no leak: the session holds a pidfd for every VM on the
+    // host, and VMs of other processes may exit meanwhile.
+    assert!(o.end.session.fds <= o.start.session.fds, "{why}");
     assert_eq!(o.end.instances, o.start.instances, "{why}");
     assert_eq!(o.end.pins, o.start.pins, "{why}");
     assert_eq!((o.instances_left, o.pins_left), (0, 0), "{why}");
