@@ -182,8 +182,16 @@ fn mutants_args(package: &str, files: &[String], args: &Args) -> Vec<String> {
         out.push("--list".into());
     }
     // Unit tests only: the integration tests need root, VMs and minutes.
-    out.extend(["--".into(), "--lib".into()]);
-    out.extend(args.tests.iter().cloned());
+    // As a cargo arg, not after `--`: cargo-mutants passes `--` args to the
+    // test phase only, so its build phase (`cargo test --no-run`) would
+    // still build and link every integration test for each mutant.
+    out.push("--cargo-arg=--lib".into());
+    if !args.tests.is_empty() {
+        // `cargo test --lib -- A B`: the second `--` hands the filters to
+        // the test binary, which takes several (cargo takes one).
+        out.extend(["--".into(), "--".into()]);
+        out.extend(args.tests.iter().cloned());
+    }
     out
 }
 

@@ -163,6 +163,44 @@ fn absolute_time_stamp_replaces_the_time_and_keeps_the_top_bits() {
         .event(0, &[1, 0, 0, 0])
         .page(top | ((1 << 59) - 100), 0, None);
     assert_eq!(decode(&page)[0].0, (top + (1 << 59)) | 10);
+    // A stamp equal to the running time (an event on the same tick as the
+    // one before it) is not a wrap: no carry.
+    let page = Builder::default()
+        .absolute(4000)
+        .event(0, &[1, 0, 0, 0])
+        .page(top | 4000, 0, None);
+    assert_eq!(decode(&page)[0].0, top | 4000);
+}
+
+/// A page frame may be cut right after its records (the agent sends a
+/// flushed page that way): exactly the header and the committed bytes
+/// decode, one byte less is refused.
+#[test]
+fn a_page_cut_right_after_its_records_decodes() {
+    let l = layout();
+    let page = Builder::default()
+        .event(5, &[1, 0, 0, 0])
+        .event(2, &[2, 0, 0, 0])
+        .page(100, 0, None);
+    let cut = &page[..16 + 16];
+    let events: Vec<_> = Page::parse(&l, cut)
+        .unwrap()
+        .events()
+        .map(|e| e.unwrap().ts)
+        .collect();
+    assert_eq!(events, [105, 107]);
+    assert!(matches!(
+        Page::parse(&l, &page[..16 + 15]),
+        Err(PageError::Commit {
+            commit: 16,
+            capacity: 15
+        })
+    ));
+    // An empty page cut after its header.
+    let empty = Builder::default().page(7, 0, None);
+    let page = Page::parse(&l, &empty[..16]).unwrap();
+    assert!(page.is_empty());
+    assert_eq!(page.timestamp(), 7);
 }
 
 #[test]

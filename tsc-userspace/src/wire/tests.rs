@@ -374,6 +374,58 @@ fn malformed_drained_frames_are_refused() {
     }
 }
 
+/// Reserved body fields are for later versions: a peer that sets one means
+/// something this build cannot read, so the frame is refused, not half-read.
+#[test]
+fn nonzero_reserved_body_fields_are_refused() {
+    let mut ack = header(16, 2, 0);
+    ack.put_u64_le(7);
+    ack.put_u32_le(DEFAULT_MAX_BODY);
+    ack.put_u32_le(5);
+    assert!(
+        matches!(
+            decode_one(&ack),
+            Err(WireError::Reserved {
+                frame: "HelloAck",
+                field: "reserved",
+                value: 5
+            })
+        ),
+        "{:?}",
+        decode_one(&ack)
+    );
+    let mut lost = header(16, 5, 0);
+    lost.put_u32_le(1);
+    lost.put_u32_le(0x100);
+    lost.put_u64_le(9);
+    assert!(
+        matches!(
+            decode_one(&lost),
+            Err(WireError::Reserved {
+                frame: "Lost",
+                field: "reserved",
+                value: 0x100
+            })
+        ),
+        "{:?}",
+        decode_one(&lost)
+    );
+    let mut hello = hello_bytes();
+    hello[HEADER_LEN + 6..HEADER_LEN + 8].copy_from_slice(&3u16.to_le_bytes());
+    assert!(
+        matches!(
+            decode_one(&hello),
+            Err(WireError::Reserved {
+                frame: "Hello",
+                field: "reserved",
+                value: 3
+            })
+        ),
+        "{:?}",
+        decode_one(&hello)
+    );
+}
+
 #[test]
 fn wrong_magic_is_a_typed_error() {
     let mut bytes = hello_bytes();
