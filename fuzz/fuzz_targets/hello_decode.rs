@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 use tsc_userspace::{
-    ingest::{EventPage, GuestFormats},
+    ingest::{Cmdlines, EventPage, GuestFormats},
     wire::{Frame, FrameCodec},
 };
 
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let guest = Arc::new(guest);
-    let comms = Arc::new(Default::default());
+    let comms: Arc<Cmdlines> = Arc::default();
     while let Ok(Some(frame)) = codec.decode(&mut buf) {
         let Frame::Page(page) = frame else {
             continue;

@@ -109,7 +109,13 @@ fn split_decl(decl: &str) -> Option<(String, String, Option<usize>)> {
         }
         None => (decl, None),
     };
-    let at = decl.rfind(|c: char| c.is_whitespace() || c == '*')? + 1;
+    // The separator may be any whitespace, some of it wider than a byte
+    // (U+00A0 is two): step over the character found, not one byte.
+    let (at, sep) = decl
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| c.is_whitespace() || c == '*')?;
+    let at = at + sep.len_utf8();
     let name = decl[at..].trim();
     let type_name = decl[..at].trim();
     if name.is_empty() || type_name.is_empty() {

@@ -165,6 +165,23 @@ fn bad_formats_are_errors() {
     ));
 }
 
+/// Found by the header_page fuzz target: a declaration split at a
+/// whitespace character wider than one byte (U+00A0) sliced inside it.
+#[test]
+fn a_declaration_split_at_a_wide_space_keeps_whole_characters() {
+    assert_eq!(
+        split_decl("char\u{a0}name"),
+        Some(("char".into(), "name".into(), None))
+    );
+    assert_eq!(
+        split_decl("u64 da\u{a0}\u{2}\u{2}ta[4]"),
+        Some(("u64 da".into(), "\u{2}\u{2}ta".into(), Some(4)))
+    );
+    let odd = "name: x\nID: 1\n\tfield: char d\u{a0}\u{2}ata;\toffset:0;\tsize:1;\tsigned:0;\n";
+    let f = EventFormat::parse("x", odd).expect("an odd but whole name");
+    assert_eq!(f.fields.last().map(|f| f.name()), Some("\u{2}ata"));
+}
+
 #[test]
 fn format_set_finds_formats_by_common_type() {
     let mut set = FormatSet::new();
