@@ -86,7 +86,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let report = agent
             .run(async {
                 match signals {
-                    Ok(signals) => info!("{}: stopping", signals.recv().await),
+                    // Awaited outside the log macro: `info!` skips its
+                    // arguments when info is off (`-q`), and the agent
+                    // would then stop at once.
+                    Ok(signals) => {
+                        let signal = signals.recv().await;
+                        info!("{signal}: stopping");
+                    }
                     Err(e) => {
                         warn!("cannot watch for signals ({e}): stop the agent with SIGKILL");
                         std::future::pending::<()>().await;
