@@ -18,31 +18,6 @@ use tsc_userspace::{
 const MARKERS: usize = 400;
 const EXECS: usize = 20;
 
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: u32) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
-    // sched_setaffinity only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-}
-
-fn unpin(cpus: &[u32]) {
-    // SAFETY: as in `pin`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu as usize, &mut set);
-        }
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// Runs the workload and returns every CPU's pages, in read order.
 fn record(instance: &Instance) -> Vec<(u32, Vec<Bytes>)> {
     let cpus = instance.cpus().unwrap();
@@ -50,13 +25,13 @@ fn record(instance: &Instance) -> Vec<(u32, Vec<Bytes>)> {
     std::thread::scope(|s| {
         s.spawn(|| {
             for i in 0..MARKERS {
-                pin(cpus[i % cpus.len()]);
-                marker.write_marker(&format!("tsc-marker {i}")).unwrap();
-                if i % (MARKERS / EXECS) == 0 {
-                    assert!(Command::new("/bin/true").status().unwrap().success());
-                }
+                common::cpu::on_cpu(cpus[i % cpus.len()], || {
+                    marker.write_marker(&format!("tsc-marker {i}")).unwrap();
+                    if i % (MARKERS / EXECS) == 0 {
+                        assert!(Command::new("/bin/true").status().unwrap().success());
+                    }
+                });
             }
-            unpin(&cpus);
         });
     });
     instance.set_tracing_on(false).unwrap();

@@ -102,8 +102,26 @@ impl Host {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits for `needle` in the log.
     async fn wait_log(&self, what: &str, needle: &str) {
-        common::wait_for(what, WAIT, || self.log().contains(needle).then_some(())).await;
+        self.wait(what, || self.log().contains(needle).then_some(()))
+            .await;
+    }
+
+    /// Polls `probe` until it says yes; a timeout shows the session's log.
+    async fn wait<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(found) = probe() {
+                return found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited {WAIT:?}, but never: {what}; the session's log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -153,9 +171,14 @@ async fn agent_with_markers(
     let task = tokio::spawn(agent.run(async {
         let _ = stopped.await;
     }));
-    for i in 0..n {
-        marker.write_marker(&format!("{tag} {i}")).unwrap();
-    }
+    // On one CPU: pieces and the flight recorder's window hold pages in
+    // the order they arrive, which across CPUs is not the order in time;
+    // on one, the newest pages hold the newest markers.
+    common::cpu::on_cpu(0, || {
+        for i in 0..n {
+            marker.write_marker(&format!("{tag} {i}")).unwrap();
+        }
+    });
     (stop, task)
 }
 
@@ -242,14 +265,15 @@ async fn pieces_by_size_each_open_and_lose_nothing() {
     )
     .await;
     const MARKERS: u64 = 5000;
-    let (stop_agent, agent) = agent_with_markers(&host.endpoint, "rot", MARKERS as usize).await;
+    // Host events (vCPU exits) first, then the markers: the newest events
+    // are markers, so the last one stays in a kept piece.
     let run = tokio::task::spawn_blocking(move || {
         child.rdtsc(0, 200).unwrap();
         child
     });
     let child = run.await.unwrap();
-    // The last marker reached the live output.
-    common::wait_for("the last marker is written", WAIT, || {
+    let (stop_agent, agent) = agent_with_markers(&host.endpoint, "rot", MARKERS as usize).await;
+    host.wait("the last marker is written", || {
         // In any piece: later events may have started another one.
         let (p, kept) = pieces(&live, PieceKind::File);
         kept.iter()
@@ -377,12 +401,8 @@ async fn the_flight_recorder_dumps_the_newest_window_on_sigusr1() {
                 .then_some(())
         }
     };
-    common::wait_for(
-        "the last marker is written",
-        WAIT,
-        live_has("fl", MARKERS - 1),
-    )
-    .await;
+    host.wait("the last marker is written", live_has("fl", MARKERS - 1))
+        .await;
 
     let status = Command::new(BINARY)
         .args(["dump", &host.process.id().to_string()])
@@ -422,7 +442,8 @@ async fn the_flight_recorder_dumps_the_newest_window_on_sigusr1() {
         agent.await.unwrap().expect("agent ends cleanly");
         agent_with_markers(&host.endpoint, "after", 10).await
     };
-    common::wait_for("the later markers are written", WAIT, live_has("after", 9)).await;
+    host.wait("the later markers are written", live_has("after", 9))
+        .await;
     host.signal(nix::sys::signal::Signal::SIGUSR1);
     let second = wait_dump(&flight, 2).await;
     let text = common::trace_cmd(&["report", "-i", &guest_file(&second)], &second);

@@ -150,6 +150,13 @@ pub trait EventWriter {
     fn write(&mut self, ctx: &WriteContext<'_>, item: &MergeItem) -> io::Result<()>;
     /// Writes out everything pending and flushes the underlying writer.
     fn flush(&mut self) -> io::Result<()>;
+    /// Bytes written but held back from the underlying writer (those a
+    /// flush would write now; for a format encoded at flush, an exact
+    /// count of what it would encode). Rotation counts them, so a piece
+    /// ends at its size rather than a batch later.
+    fn held_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// A writer that drops everything: where events go once the reader of the

@@ -181,4 +181,8 @@ impl<W: Write> EventWriter for TextWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.sink.flush()
     }
+
+    fn held_bytes(&self) -> u64 {
+        self.sink.buf.len() as u64
+    }
 }

@@ -15,6 +15,8 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
+pub mod cpu;
+
 pub use privilege::{REQUIRE_PRIVILEGED, privileged, root};
 pub use shared_buf::SharedBuf;
 

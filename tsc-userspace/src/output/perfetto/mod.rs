@@ -207,6 +207,10 @@ impl<W: Write> EventWriter for PerfettoWriter<W> {
         self.drain();
         self.sink.flush()
     }
+
+    fn held_bytes(&self) -> u64 {
+        (self.sink.buf.len() + self.bundles.held_bytes()) as u64
+    }
 }
 
 impl<W: Write> Drop for PerfettoWriter<W> {

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::proto::{Data, FtraceEvent, FtraceEventBundle, TRACE_PACKET_FIELD, TracePacket};
+use super::proto::{
+    BUNDLE_EVENT_FIELD, Data, FtraceEvent, FtraceEventBundle, TRACE_PACKET_FIELD, TracePacket,
+};
 use crate::merge::SourceId;
 
 /// A packet of machine `machine_id` (`None`: the host) holding `data`.
@@ -40,6 +42,9 @@ pub(super) struct Bundles {
     index: HashMap<(SourceId, u32), usize>,
     open: Vec<Open>,
     held: usize,
+    /// The held events' encoded bytes (each as a repeated field, without
+    /// the bundles' and packets' own few bytes of framing).
+    held_bytes: usize,
 }
 
 impl Bundles {
@@ -60,6 +65,7 @@ impl Bundles {
             });
             open.len() - 1
         });
+        self.held_bytes += prost::encoding::message::encoded_len(BUNDLE_EVENT_FIELD, &event);
         self.open[i].events.push(event);
         self.held += 1;
     }
@@ -67,6 +73,12 @@ impl Bundles {
     /// Events held.
     pub(super) fn held(&self) -> usize {
         self.held
+    }
+
+    /// The held events' encoded size: what a drain would add, less a few
+    /// bytes of framing per bundle.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// Every non-empty bundle as a packet to `out`; all are empty after.
@@ -88,5 +100,6 @@ impl Bundles {
             }
         }
         self.held = 0;
+        self.held_bytes = 0;
     }
 }

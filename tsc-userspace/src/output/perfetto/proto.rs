@@ -9,6 +9,9 @@
 /// is written as this field, so a file is a concatenation of them.
 pub const TRACE_PACKET_FIELD: u32 = 1;
 
+/// `FtraceEventBundle.event` (field 2): the events of a bundle.
+pub const BUNDLE_EVENT_FIELD: u32 = 2;
+
 /// `trace/trace_packet.proto`: `TracePacket`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TracePacket {
@@ -94,7 +97,7 @@ pub struct Thread {
 pub struct FtraceEventBundle {
     #[prost(uint32, optional, tag = "1")]
     pub cpu: Option<u32>,
-    #[prost(message, repeated, tag = "2")]
+    #[prost(message, repeated, tag = "2")] // BUNDLE_EVENT_FIELD
     pub event: Vec<FtraceEvent>,
 }
 

@@ -11,11 +11,13 @@
 //! - **When.** A piece ends at an event boundary: before the first event
 //!   written once it is due ([`RotatePolicy::due`]: its bytes reached the
 //!   size, or its age the period), or right after a flush that found it
-//!   due. Bytes are counted as they reach the file, so a piece can exceed
-//!   the size by what its writer holds back: up to one batch (64 KiB of
-//!   text or JSON; for Perfetto, up to 4096 events held in bundles). A
-//!   piece is opened by its first event: no empty pieces, and no rotation
-//!   while nothing is written.
+//!   due. Its bytes are those in the file plus those its writer holds
+//!   back ([`EventWriter::held_bytes`]: a batch of text or JSON, or the
+//!   events Perfetto holds in bundles, by their encoded size), so a piece
+//!   ends within one event (and, for Perfetto, a few bytes of framing per
+//!   bundle) of its size however seldom the session flushes. A piece is
+//!   opened by its first event: no empty pieces, and no rotation while
+//!   nothing is written.
 //! - **Names.** [`Pieces`]: `FILE.0001`, `FILE.0002`, ...
 //! - **Kept.** After a piece is opened the oldest are deleted so that
 //!   [`RotatePolicy::keep`] remain, the new one included.
@@ -198,7 +200,7 @@ impl Rotating {
         match &self.target {
             Target::Own { policy, .. } => policy.due(
                 p.events,
-                p.bytes.load(Ordering::Relaxed),
+                p.bytes.load(Ordering::Relaxed) + p.writer.held_bytes(),
                 p.opened.elapsed(),
             ),
             Target::Follow { signal, .. } => signal.current() != p.n,

@@ -86,10 +86,77 @@ fn pieces_by_size_are_whole_json_and_the_kept_ones_lose_nothing() {
     let first = 100 - tscs.len() as u64 + 1;
     assert_eq!(tscs, (first..=100).collect::<Vec<_>>());
     assert_eq!(stats.deleted_events + tscs.len() as u64, 100);
-    // A piece ends at the first batch boundary past the size.
+    // A piece ends with the first event that takes it to the size.
     for &n in &kept[..2] {
-        let len = fs::metadata(pieces.path(n)).unwrap().len();
-        assert!(len >= 600, "piece {n} is {len} bytes");
+        let len = fs::metadata(pieces.path(n)).unwrap().len() as usize;
+        let last = lines(&pieces.path(n)).last().unwrap().len() + 1;
+        assert!(len >= 600 && len - last < 600, "piece {n} is {len} bytes");
+    }
+}
+
+/// The pieces of `base` in order, each as its bytes.
+fn piece_files(base: &Path) -> Vec<Vec<u8>> {
+    let pieces = Pieces::new(base, PieceKind::File);
+    let kept = pieces.existing().unwrap();
+    kept.iter()
+        .map(|&n| fs::read(pieces.path(n)).unwrap())
+        .collect()
+}
+
+/// Bytes held back by the writer (a batch not yet flushed) count: with one
+/// flush at the very end, JSON pieces still end at their size.
+#[test]
+fn a_piece_ends_at_its_size_however_seldom_the_session_flushes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("out.json");
+    let policy = RotatePolicy::new(Some(2000), None, Some(0)).unwrap();
+    let mut w = Rotating::new(
+        &base,
+        policy,
+        OutputFormat::Json,
+        ClockMode::Tsc,
+        FlushPolicy::Batch,
+    )
+    .unwrap();
+    write_events(&mut w, 300, u64::MAX);
+    drop(w);
+    let files = piece_files(&base);
+    assert!(files.len() >= 10, "{} pieces", files.len());
+    for f in &files[..files.len() - 1] {
+        let text = std::str::from_utf8(f).unwrap();
+        let last = text.lines().last().unwrap().len() + 1;
+        assert!(
+            f.len() >= 2000 && f.len() - last < 2000,
+            "{} bytes",
+            f.len()
+        );
+    }
+}
+
+/// Perfetto holds events in bundles until a flush; their encoded size
+/// counts, so a piece ends within an event and a bundle's framing of its
+/// size.
+#[test]
+fn perfetto_pieces_end_at_their_size_however_seldom_the_session_flushes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("t.perfetto-trace");
+    let policy = RotatePolicy::new(Some(1500), None, Some(0)).unwrap();
+    let mut w = Rotating::new(
+        &base,
+        policy,
+        OutputFormat::Perfetto,
+        ClockMode::Ns,
+        FlushPolicy::Batch,
+    )
+    .unwrap();
+    write_events(&mut w, 400, u64::MAX);
+    drop(w);
+    let files = piece_files(&base);
+    assert!(files.len() >= 4, "{} pieces", files.len());
+    // An event here is a generic one of a few dozen bytes; a bundle's
+    // framing (packet key, length, sequence id, cpu) is under 16.
+    for f in &files[..files.len() - 1] {
+        assert!((1500..1500 + 100).contains(&f.len()), "{} bytes", f.len());
     }
 }
 
@@ -134,14 +201,8 @@ fn each_perfetto_piece_starts_with_the_host_machine() {
     .unwrap();
     write_events(&mut w, 6, 2);
     drop(w);
-    let pieces = Pieces::new(&base, PieceKind::File);
-    let files: Vec<Vec<u8>> = pieces
-        .existing()
-        .unwrap()
-        .iter()
-        .map(|&n| fs::read(pieces.path(n)).unwrap())
-        .collect();
-    assert_eq!(files.len(), 3, "one piece per batch of 2");
+    let files = piece_files(&base);
+    assert_eq!(files.len(), 6, "a byte's size: one piece per event");
     // Field 1 (a TracePacket), its length, then the SystemInfo packet: the
     // same first packet in every piece.
     let first_packet = |f: &[u8]| {
