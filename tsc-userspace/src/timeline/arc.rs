@@ -85,7 +85,8 @@ impl GuestArc {
         if end <= u64::MAX as u128 {
             return Span::clip(start, end as u64, self.len);
         }
-        let wrapped_end = (end - (1u128 << 64)) as u64;
+        // 2^64 <= end < 2^65: its low 64 bits are end - 2^64.
+        let wrapped_end = end as u64;
         Span::cover(
             Span::clip(start, u64::MAX, self.len),
             Span::clip(0, wrapped_end, self.len),

@@ -295,6 +295,23 @@ fn reference_range(e: &Epoch) -> Option<(u64, u64)> {
     (lo <= hi).then_some((lo, hi))
 }
 
+/// No candidate: the written-out rule for an event outside every epoch.
+/// The nearest epoch by the distance from its range to the host TSC it
+/// converts `g` to; the earlier one on a tie.
+fn reference_nearest(tl: &VcpuTimeline, g: u64) -> Option<(u64, u64)> {
+    let mut best: Option<(u64, u64, u64)> = None;
+    for e in tl.epochs() {
+        let (Some((lo, hi)), Ok(h)) = (reference_range(e), e.params.host_from_guest(g)) else {
+            continue;
+        };
+        let distance = if h < lo { lo - h } else { h.saturating_sub(hi) };
+        if best.is_none_or(|(d, _, _)| distance < d) {
+            best = Some((distance, h, e.seq));
+        }
+    }
+    best.map(|(_, h, seq)| (h, seq))
+}
+
 fn reference_assign(
     tl: &VcpuTimeline,
     cursor: &mut (Option<u64>, u64),
@@ -386,7 +403,13 @@ proptest! {
                     let got = tl.assign(&mut cursor, g);
                     match (got, reference_assign(&tl, &mut reference, g)) {
                         (Ok(got), Some(want)) => prop_assert_eq!((got.host, got.epoch, got.flags), want),
-                        (Ok(got), None) => prop_assert_eq!(got.flags, Flags::OUTSIDE_EPOCH),
+                        (Ok(got), None) => prop_assert_eq!(
+                            (got.host, got.epoch, got.flags),
+                            {
+                                let (h, seq) = reference_nearest(&tl, g).unwrap();
+                                (h, seq, Flags::OUTSIDE_EPOCH)
+                            }
+                        ),
                         (Err(TimelineError::NoEpoch(_)), None) => prop_assert!(
                             tl.epochs().all(|e| reference_range(e).is_none()
                                 || e.params.host_from_guest(g).is_err())
@@ -456,4 +479,58 @@ fn latest_is_the_newest_epoch() {
     let latest = tl.latest().unwrap();
     assert_eq!((latest.seq, latest.params), (1, unscaled(-20)));
     assert_eq!(latest.host_start, Some(20));
+}
+
+/// Epochs 0 `[1000, 1900)` (offset 0; its last exit at 1900), 1 `[2000,
+/// 3000)` (offset 51), 2 `[3000, 3001)` (one host tick, offset 1e6) and 3
+/// from 3001 (offset 2e6, far from every event below).
+fn gaps_and_a_one_tick_epoch() -> VcpuTimeline {
+    let mut tl = VcpuTimeline::default();
+    tl.offset_change(change(1000, unscaled(0))).unwrap();
+    tl.offset_change(OffsetChange {
+        new_start: 2000,
+        params: unscaled(51),
+        old_end: Some(1900),
+    })
+    .unwrap();
+    tl.offset_change(change(3000, unscaled(1_000_000))).unwrap();
+    tl.offset_change(change(3001, unscaled(2_000_000))).unwrap();
+    let bounds: Vec<_> = tl.epochs().map(|e| (e.host_start, e.host_end)).collect();
+    assert_eq!(
+        bounds,
+        [
+            (Some(1000), Some(1900)),
+            (Some(2000), Some(3000)),
+            (Some(3000), Some(3001)),
+            (Some(3001), None)
+        ]
+    );
+    tl
+}
+
+/// An epoch one host tick long explains the one guest TSC read in it.
+#[test]
+fn a_one_tick_epoch_explains_its_tick() {
+    let tl = gaps_and_a_one_tick_epoch();
+    assert_eq!(run(&tl, &[1_003_000]), [(3000, 2, Flags::NONE)]);
+}
+
+/// An event no epoch explains is placed by the epoch whose host range is
+/// nearest the host TSC that epoch converts it to, ties to the earlier.
+#[test]
+fn an_event_outside_every_epoch_goes_to_the_nearest() {
+    let tl = gaps_and_a_one_tick_epoch();
+    let outside = |g| {
+        let a = tl.assign(&mut StreamCursor::default(), g).unwrap();
+        assert_eq!(a.flags, Flags::OUTSIDE_EPOCH, "guest {g}");
+        (a.host, a.epoch)
+    };
+    // Past epoch 0's end by 11; before epoch 1's start by 141.
+    assert_eq!(outside(1910), (1910, 0));
+    // Past epoch 0's end by 141; before epoch 1's start by 11.
+    assert_eq!(outside(2040), (1989, 1));
+    // 76 from both: the earlier epoch.
+    assert_eq!(outside(1975), (1975, 0));
+    // One tick past the one-tick epoch.
+    assert_eq!(outside(1_003_001), (3001, 2));
 }
