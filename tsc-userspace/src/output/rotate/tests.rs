@@ -103,24 +103,23 @@ fn piece_files(base: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Writes `n` events as `format` into pieces of `size` bytes, flushing
+/// only at the end, and returns the pieces' bytes in order.
+fn pieces_flushed_once(name: &str, format: OutputFormat, size: u64, n: u64) -> Vec<Vec<u8>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join(name);
+    let policy = RotatePolicy::new(Some(size), None, Some(0)).unwrap();
+    let mut w = Rotating::new(&base, policy, format, ClockMode::Ns, FlushPolicy::Batch).unwrap();
+    write_events(&mut w, n, u64::MAX);
+    drop(w);
+    piece_files(&base)
+}
+
 /// Bytes held back by the writer (a batch not yet flushed) count: with one
 /// flush at the very end, JSON pieces still end at their size.
 #[test]
 fn a_piece_ends_at_its_size_however_seldom_the_session_flushes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("out.json");
-    let policy = RotatePolicy::new(Some(2000), None, Some(0)).unwrap();
-    let mut w = Rotating::new(
-        &base,
-        policy,
-        OutputFormat::Json,
-        ClockMode::Tsc,
-        FlushPolicy::Batch,
-    )
-    .unwrap();
-    write_events(&mut w, 300, u64::MAX);
-    drop(w);
-    let files = piece_files(&base);
+    let files = pieces_flushed_once("out.json", OutputFormat::Json, 2000, 300);
     assert!(files.len() >= 10, "{} pieces", files.len());
     for f in &files[..files.len() - 1] {
         let text = std::str::from_utf8(f).unwrap();
@@ -138,20 +137,7 @@ fn a_piece_ends_at_its_size_however_seldom_the_session_flushes() {
 /// size.
 #[test]
 fn perfetto_pieces_end_at_their_size_however_seldom_the_session_flushes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("t.perfetto-trace");
-    let policy = RotatePolicy::new(Some(1500), None, Some(0)).unwrap();
-    let mut w = Rotating::new(
-        &base,
-        policy,
-        OutputFormat::Perfetto,
-        ClockMode::Ns,
-        FlushPolicy::Batch,
-    )
-    .unwrap();
-    write_events(&mut w, 400, u64::MAX);
-    drop(w);
-    let files = piece_files(&base);
+    let files = pieces_flushed_once("t.perfetto-trace", OutputFormat::Perfetto, 1500, 400);
     assert!(files.len() >= 4, "{} pieces", files.len());
     // An event here is a generic one of a few dozen bytes; a bundle's
     // framing (packet key, length, sequence id, cpu) is under 16.
